@@ -1,0 +1,41 @@
+# The two commands: `make run` (embedded default on :6027) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MANAGE := $(PY) manage.py
+
+.PHONY: run test lint smoke token worker serve-prod clean
+
+# (Re)creates the virtualenv when requirements.txt changes; does nothing else.
+$(VENV): $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+.venv: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(MANAGE) migrate --noinput
+	$(MANAGE) collectstatic --noinput --verbosity 0
+	@$(MANAGE) print_welcome
+	BACKUP_STEP_DELAY=$${BACKUP_STEP_DELAY:-1} $(MANAGE) serve
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(MANAGE) spectacular --validate --fail-on-warn --file /dev/null
+
+smoke: $(VENV)/.installed
+	$(PY) ../shared/contract-smoke.py
+
+token: $(VENV)/.installed
+	@$(MANAGE) create_admin_token $${USER_ID:-admin} --ttl $${TTL:-86400}
+
+worker: $(VENV)/.installed
+	$(MANAGE) backup_worker
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from backups.api.views import health
+from backups.metrics import metrics_view
+from backups.views import dashboard
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
+    path("health", health, name="health"),
+    path("health/", health),
+    path("metrics", metrics_view, name="metrics"),
+    path("api/backup/", include("backups.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("dashboard/", dashboard, name="dashboard"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,54 @@
+"""DRF's error shapes everywhere, refused authentications audited, service errors mapped to codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from backups import services
+from backups.api.serializers import RunSerializer
+from backups.config_document import ConfigInvalid
+
+
+def client_ip(request: Any) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    request = context.get("request")
+    if isinstance(exc, services.ServiceError):
+        data: dict[str, Any] = {"detail": exc.message}
+        if "run" in exc.extra:
+            run = exc.extra["run"]
+            data["run"] = RunSerializer(run).data if run is not None else None
+        return Response(data, status=exc.status_code)
+    if isinstance(exc, ConfigInvalid):
+        return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if request is not None and isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed,
+                                                exceptions.PermissionDenied)):
+        _audit_refusal(request, exc)
+    if response is not None and isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
+        response["WWW-Authenticate"] = 'Bearer realm="backup-service"'
+        if isinstance(response.data, dict) and "messages" in response.data:
+            response.data.pop("messages")
+    return response
+
+
+def _audit_refusal(request: Any, exc: Exception) -> None:
+    from backups.auth import actor_of
+
+    user = getattr(request, "_user", None)
+    try:
+        with transaction.atomic():
+            services.audit(
+                "auth.refused" if not isinstance(exc, exceptions.PermissionDenied) else "auth.forbidden",
+                actor=actor_of(user), target=request.path[:300], outcome="refused", ip=client_ip(request),
+                details={"method": request.method, "reason": str(getattr(exc, "detail", exc))[:300]},
+            )
+    except Exception:  # the refusal is answered even if the audit store is down
+        pass

@@ -1,0 +1,32 @@
+from django.urls import re_path
+
+from backups.api import views
+
+backup_list = views.BackupViewSet.as_view({"get": "list"})
+backup_detail = views.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+backup_download = views.BackupViewSet.as_view({"get": "download"})
+backup_download_link = views.BackupViewSet.as_view({"post": "download_link"})
+backup_pin = views.BackupViewSet.as_view({"post": "pin"})
+backup_unpin = views.BackupViewSet.as_view({"post": "unpin"})
+run_list = views.RunViewSet.as_view({"get": "list"})
+run_detail = views.RunViewSet.as_view({"get": "retrieve"})
+run_cancel = views.RunViewSet.as_view({"post": "cancel"})
+
+# The original service's paths, without trailing slashes (one is tolerated). The fixed names come
+# first: a backup id never shadows them.
+urlpatterns = [
+    re_path(r"^status/?$", views.StatusView.as_view(), name="backup-status"),
+    re_path(r"^list/?$", backup_list, name="backup-list"),
+    re_path(r"^create/?$", views.CreateBackupView.as_view(), name="backup-create"),
+    re_path(r"^logs/?$", views.LogsView.as_view(), name="backup-logs"),
+    re_path(r"^config/?$", views.ConfigView.as_view(), name="backup-config"),
+    re_path(r"^test-script/?$", views.TestScriptView.as_view(), name="backup-test-script"),
+    re_path(r"^runs/?$", run_list, name="run-list"),
+    re_path(r"^runs/(?P<pk>[^/]+)/?$", run_detail, name="run-detail"),
+    re_path(r"^runs/(?P<pk>[^/]+)/cancel/?$", run_cancel, name="run-cancel"),
+    re_path(r"^(?P<pk>[^/]+)/download/?$", backup_download, name="backup-download"),
+    re_path(r"^(?P<pk>[^/]+)/download-link/?$", backup_download_link, name="backup-download-link"),
+    re_path(r"^(?P<pk>[^/]+)/pin/?$", backup_pin, name="backup-pin"),
+    re_path(r"^(?P<pk>[^/]+)/unpin/?$", backup_unpin, name="backup-unpin"),
+    re_path(r"^(?P<pk>[^/]+)/?$", backup_detail, name="backup-detail"),
+]

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class BackupsConfig(AppConfig):
+    name = "backups"
+    verbose_name = "Backups"
+
+    def ready(self) -> None:
+        from backups.api import schema  # noqa: F401  (registers the OpenAPI auth extensions)

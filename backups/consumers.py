@@ -1,0 +1,135 @@
+"""The WebSocket protocol of CONTRACT §4 on `/backup-ws`. Thin: auth and status come from the shared
+modules, the fan-out from `events`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from backups import auth, events, selectors
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_AUTH_TIMEOUT = 4408
+
+
+class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
+    user_id: str | None = None
+    subscribed = False
+    closing = False
+
+    async def connect(self) -> None:
+        # Close codes reach the client only after accept(): accept first, then judge.
+        await self.accept()
+        events.use_loop(asyncio.get_running_loop())
+        self.deadline_task: asyncio.Task | None = None
+        header = _header(self.scope, b"authorization")
+        if header:
+            await self._authenticate_with(lambda: auth.user_from_authorization(header))
+            return
+        session_user = self.scope.get("user")
+        if session_user is not None and getattr(session_user, "is_superuser", False):
+            self.user_id = session_user.get_username()
+            return
+        self.deadline_task = asyncio.create_task(self._close_if_not_authenticated())
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if self.deadline_task:
+            self.deadline_task.cancel()
+        if self.subscribed:
+            await self.channel_layer.group_discard(events.GROUP, self.channel_name)
+
+    async def _close_if_not_authenticated(self) -> None:
+        await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
+        if self.user_id is None and not self.closing:
+            await self._refuse(CLOSE_AUTH_TIMEOUT, "authentication timed out")
+
+    async def _refuse(self, code: int, message: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if code != CLOSE_FORBIDDEN:
+            await self.send_json({"event": "error", "data": {"message": message}})
+        await self.close(code=code)
+
+    async def _authenticate_with(self, verify: Any) -> None:
+        try:
+            user = verify()
+        except auth.TokenRefused as error:
+            await self._refuse(CLOSE_UNAUTHENTICATED, f"invalid token: {error}")
+            return
+        if user is None:
+            await self._refuse(CLOSE_UNAUTHENTICATED, "authentication required")
+            return
+        if not user.is_super_admin:
+            await self._refuse(CLOSE_FORBIDDEN, "the SUPER_ADMIN role is required")
+            return
+        self.user_id = user.id
+        if self.deadline_task:
+            self.deadline_task.cancel()
+        await self.send_json({"event": "authenticated", "data": {"user_id": user.id}})
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        import json
+
+        return json.loads(text_data)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        frame: Any = None
+        if text_data is not None and len(text_data) <= 65536:
+            try:
+                frame = await self.decode_json(text_data)
+            except ValueError:
+                frame = None
+        event = frame.get("event") if isinstance(frame, dict) else None
+        data = frame.get("data", {}) if isinstance(frame, dict) else None
+        if self.user_id is None and event != "authenticate":
+            await self._refuse(CLOSE_UNAUTHENTICATED, "authenticate first")
+            return
+        if not isinstance(event, str) or not isinstance(data, dict | type(None)):
+            await self.send_json({"event": "error", "data": {"message": "malformed frame: expected "
+                                                             '{"event": "<name>", "data": {...}}'}})
+            return
+        data = data or {}
+        if event == "authenticate":
+            token = data.get("token")
+            if not isinstance(token, str) or not token:
+                if self.user_id is not None:
+                    await self.send_json({"event": "authenticated", "data": {"user_id": self.user_id}})
+                    return
+                await self._refuse(CLOSE_UNAUTHENTICATED, "authenticate needs a token")
+                return
+            await self._authenticate_with(lambda: auth.verify_token(token))
+        elif event == "subscribe-backup-events":
+            if not self.subscribed:
+                await self.channel_layer.group_add(events.GROUP, self.channel_name)
+                self.subscribed = True
+            await self.send_json({"event": "subscribed", "data": {}})
+        elif event == "get-realtime-status":
+            status = await database_sync_to_async(selectors.status_document)()
+            await self.send_json({"event": "realtime-status", "data": status})
+        else:
+            await self.send_json({"event": "error", "data": {"message": f"unknown event: {event[:100]}"}})
+
+    async def backup_event(self, message: dict[str, Any]) -> None:
+        """A group message from `events`: forward it as a frame."""
+        if self.subscribed and not self.closing:
+            await self.send_json({"event": message["event"], "data": message["data"]})
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin1")
+    return None

@@ -1,0 +1,14 @@
+"""The request id that ties a request's log lines together (JSON logs on stdout and in SERVICE_LOG)."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get() or None
+        return True

@@ -1,0 +1,95 @@
+"""`manage.py serve`: uvicorn (streams with back-pressure) plus, by default, the worker in a thread.
+
+SIGTERM/SIGINT: stop taking runs, give a running backup SHUTDOWN_GRACE_SECONDS, end its process group
+if it is still going (the run is marked interrupted and the clients told), then close the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Generator
+
+import uvicorn
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from backups import events, services
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_signal) -> None:
+        super().__init__(config)
+        self.on_signal = on_signal
+        self.signalled = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # Our own handlers: uvicorn's would stop serving at once and re-raise the signal afterwards.
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.signalled:
+            self.force_exit = True  # a second signal: stop waiting
+            self.should_exit = True
+            return
+        self.signalled = True
+        threading.Thread(target=self.on_signal, name="shutdown", daemon=True).start()
+
+
+class Command(BaseCommand):
+    help = "Serve the API, the WebSocket and the pages (uvicorn), with the backup worker unless --no-worker."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=settings.PORT)
+        parser.add_argument("--no-worker", action="store_true", help="run backups in `backup_worker` instead")
+
+    def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
+        from backups.worker import Worker
+
+        services.catalogue_sync()
+        worker = None if no_worker else Worker(label="serve")
+        config = uvicorn.Config(
+            "backup_platform.asgi:application", host=host, port=port, lifespan="off", log_config=None,
+            ws_ping_interval=settings.WS_PING_INTERVAL_SECONDS, ws_ping_timeout=settings.WS_PING_INTERVAL_SECONDS,
+            timeout_graceful_shutdown=10, proxy_headers=True, server_header=False, access_log=False,
+        )
+        worker_thread: threading.Thread | None = None
+
+        def shut_down() -> None:
+            logger.info("shutdown requested: no new runs; waiting for a running backup",
+                        extra={"grace_seconds": settings.SHUTDOWN_GRACE_SECONDS})
+            if worker is not None and worker_thread is not None:
+                if worker.current_run is not None:
+                    events.broadcast(events.SYSTEM_NOTIFICATION, {"level": "warning", "message":
+                                     "The backup service is shutting down; waiting up to "
+                                     f"{settings.SHUTDOWN_GRACE_SECONDS} s for the running backup."})
+                worker.request_shutdown(settings.SHUTDOWN_GRACE_SECONDS)
+                worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + settings.BACKUP_KILL_GRACE_SECONDS + 15)
+            events.drain(3)
+            server.should_exit = True
+
+        server = GracefulServer(config, shut_down)
+
+        async def main() -> None:
+            nonlocal worker_thread
+            events.use_loop(asyncio.get_running_loop())
+            if worker is not None:
+                worker_thread = threading.Thread(target=worker.run_forever, name="backup-worker", daemon=True)
+                worker_thread.start()
+            self.stdout.write(f"Backup service on http://{host}:{port}/ (worker: "
+                              f"{'separate process' if no_worker else 'in this process'})")
+            await server.serve()
+
+        asyncio.run(main())

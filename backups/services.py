@@ -1,0 +1,402 @@
+"""Every write: runs, backups, config, the catalogue sync. Each change writes its audit row in the same
+transaction and announces itself to the WebSocket clients only once committed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from backups import catalogue, config_document, events, retention
+from backups.models import (
+    ACTIVE_RUN_STATUSES,
+    AuditEvent,
+    Backup,
+    BackupConfig,
+    BackupStatus,
+    BackupType,
+    Run,
+    RunStatus,
+    RunType,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A refused operation; `code` is what the API answers with."""
+
+    status_code = 400
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+def backup_root() -> Path:
+    return Path(settings.BACKUP_ROOT)
+
+
+# --- audit ---------------------------------------------------------------------------------------------
+
+
+def audit(
+    action: str,
+    *,
+    actor: str = "",
+    target: str = "",
+    outcome: str = "ok",
+    ip: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        action=action, actor=actor, target=target[:300], outcome=outcome, client_ip=ip, details=details or {}
+    )
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def active_run() -> Run | None:
+    return Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).first()
+
+
+def run_enqueue(
+    *,
+    actor: str,
+    description: str = "",
+    run_type: str = RunType.MANUAL,
+    ip: str | None = None,
+) -> Run:
+    """Queue a run for the worker. The partial unique constraint on active runs makes the database,
+    not this function, the judge of "only one at a time": a concurrent insert fails with IntegrityError."""
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(type=run_type, description=description, triggered_by=actor)
+            audit("run.create", actor=actor, target=str(run.id), ip=ip,
+                  details={"type": run_type, "description": description})
+    except IntegrityError:
+        current = active_run()
+        with transaction.atomic():
+            audit("run.create", actor=actor, outcome="refused", ip=ip,
+                  details={"reason": "a run is already queued or running",
+                           "current": str(current.id) if current else None})
+        raise Conflict("A backup is already queued or running.", run=current) from None
+    logger.info("run queued", extra={"run_id": str(run.id), "actor": actor, "type": run_type})
+    events.notify("info", f"Backup queued by {actor}.")
+    return run
+
+
+def run_record_skipped(*, reason: str, run_type: str = RunType.SCHEDULED, actor: str = "schedule") -> Run:
+    now = timezone.now()
+    with transaction.atomic():
+        run = Run.objects.create(type=run_type, triggered_by=actor, status=RunStatus.SKIPPED,
+                                 finished_at=now, started_at=now, error=reason, progress_stage="skipped")
+        audit("run.skipped", actor=actor, target=str(run.id), details={"reason": reason})
+    events.notify("warning", f"Scheduled backup skipped: {reason}")
+    return run
+
+
+def run_claim(*, run: Run, worker: str) -> bool:
+    """Take a queued run: a conditional update, so two workers can never both win it."""
+    now = timezone.now()
+    won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
+        status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
+    )
+    if won:
+        run.refresh_from_db()
+    return won == 1
+
+
+def run_set_process(*, run: Run, pgid: int) -> None:
+    run.pgid = pgid
+    Run.objects.filter(id=run.id).update(pgid=pgid)
+
+
+def run_set_backup(*, run: Run, backup_id: str) -> None:
+    """The run's folder is known: note it on the run and beside the backup (so a lost database can be
+    rebuilt from the folders), and list it as running."""
+    run.backup_id = backup_id
+    Run.objects.filter(id=run.id).update(backup_id=backup_id)
+    write_backup_metadata(run, status=BackupStatus.RUNNING)
+    catalogue_sync(force_ids=[backup_id])
+
+
+def write_backup_metadata(run: Run, *, status: str) -> None:
+    try:
+        catalogue.write_metadata(backup_root(), run.backup_id, {
+            "run_id": str(run.id), "type": run.type, "description": run.description,
+            "triggered_by": run.triggered_by, "status": status,
+        })
+    except (OSError, catalogue.CatalogueError):
+        logger.warning("could not write metadata of %s", run.backup_id, exc_info=True)
+
+
+def run_save_progress(*, run: Run, percent: int, stage: str, message: str) -> None:
+    Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(
+        progress_percent=percent, progress_stage=stage[:100], progress_message=message[:500]
+    )
+
+
+@dataclass
+class RunEnd:
+    status: str
+    exit_code: int | None
+    error: str
+    output: str = ""
+    output_lines: int = 0
+
+
+def run_finish(*, run: Run, end: RunEnd, percent: int, stage: str, message: str) -> Run:
+    """Record how a run ended, fix its backup's status, and tell the clients (after commit)."""
+    backup_status = BackupStatus.COMPLETED if end.status == RunStatus.SUCCEEDED else BackupStatus.INCOMPLETE
+    if run.backup_id:
+        write_backup_metadata(run, status=backup_status)
+    now = timezone.now()
+    with transaction.atomic():
+        Run.objects.filter(id=run.id).update(
+            status=end.status, finished_at=now, exit_code=end.exit_code, error=end.error[:20000],
+            output=end.output, output_lines=end.output_lines, progress_percent=percent,
+            progress_stage=stage[:100], progress_message=message[:500], pgid=None,
+        )
+        run.refresh_from_db()
+        audit(f"run.{end.status}", actor=run.triggered_by, target=str(run.id),
+              outcome="ok" if end.status == RunStatus.SUCCEEDED else "failed",
+              details={"backup_id": run.backup_id, "exit_code": end.exit_code, "error": end.error[:2000]})
+        if end.status == RunStatus.SUCCEEDED:
+            events.broadcast_on_commit(events.BACKUP_PROGRESS, events.progress_payload(
+                str(run.id), run.backup_id, 100, "completed", message))
+    # A failed run's folder is kept (incomplete) but must never be `latest`; the sync below re-points
+    # `latest` when a script left it on a folder the service knows to be incomplete.
+    catalogue_sync(force_ids=[run.backup_id] if run.backup_id else ())
+    if end.status == RunStatus.SUCCEEDED:
+        backup = Backup.objects.filter(id=run.backup_id).first()
+        events.broadcast(events.BACKUP_COMPLETED, {
+            "run_id": str(run.id), "backup_id": run.backup_id or None,
+            "size_bytes": backup.size_bytes if backup else 0,
+            "duration_seconds": run.duration_seconds,
+        })
+    else:
+        events.broadcast(events.BACKUP_ERROR, {
+            "run_id": str(run.id), "error": run.error or f"run {end.status}", "exit_code": run.exit_code,
+        })
+        level = "warning" if end.status == RunStatus.CANCELLED else "error"
+        events.broadcast(events.SYSTEM_NOTIFICATION, {"level": level, "message": f"Backup {end.status}: "
+                         f"{(run.error or '').splitlines()[0][:200] if run.error else end.status}"})
+    logger.info("run finished", extra={"run_id": str(run.id), "status": end.status, "exit_code": end.exit_code})
+    return run
+
+
+def run_request_cancel(*, run: Run, actor: str, ip: str | None = None) -> Run:
+    """A queued run is cancelled at once; a running one is flagged and its worker ends the script's
+    process group within a poll interval."""
+    with transaction.atomic():
+        now = timezone.now()
+        if Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
+            status=RunStatus.CANCELLED, finished_at=now, error=f"cancelled by {actor} before it started",
+            progress_stage="cancelled",
+        ):
+            run.refresh_from_db()
+            audit("run.cancel", actor=actor, target=str(run.id), ip=ip, details={"was": "queued"})
+            events.broadcast_on_commit(events.BACKUP_ERROR, {"run_id": str(run.id), "error": run.error,
+                                                             "exit_code": None})
+            return run
+        if Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(cancel_requested=True):
+            run.refresh_from_db()
+            audit("run.cancel", actor=actor, target=str(run.id), ip=ip, details={"was": "running"})
+            return run
+        run.refresh_from_db()
+        audit("run.cancel", actor=actor, target=str(run.id), ip=ip, outcome="refused",
+              details={"reason": f"run already {run.status}"})
+    raise Conflict(f"The run has already ended ({run.status}).", run=run)
+
+
+# --- backups ------------------------------------------------------------------------------------------
+
+
+def backup_delete(*, backup_id: str, actor: str, ip: str | None = None) -> None:
+    root = backup_root()
+    try:
+        catalogue.resolve(root, backup_id)
+    except catalogue.BackupNotFound:
+        raise NotFound("Backup not found.") from None
+    backup = Backup.objects.filter(id=backup_id).first()
+    running = active_run()
+    if running and running.backup_id == backup_id:
+        with transaction.atomic():
+            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="refused",
+                  details={"reason": "belongs to the running run"})
+        raise Conflict("This backup belongs to the running backup run.")
+    if backup and backup.pinned:
+        with transaction.atomic():
+            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="refused",
+                  details={"reason": "pinned"})
+        raise Conflict("This backup is pinned; unpin it before deleting it.")
+    was_latest = catalogue.read_latest(root) == backup_id
+    size = backup.size_bytes if backup else None
+    try:
+        catalogue.delete_backup(root, backup_id)
+    except catalogue.BackupNotFound:
+        raise NotFound("Backup not found.") from None
+    except OSError as error:
+        with transaction.atomic():
+            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="failed",
+                  details={"error": error.strerror or type(error).__name__})
+        raise ServiceError("The backup could not be deleted completely; see the service log.") from None
+    with transaction.atomic():
+        Backup.objects.filter(id=backup_id).delete()
+        new_latest = repoint_latest() if was_latest else None
+        audit("backup.delete", actor=actor, target=backup_id, ip=ip,
+              details={"size_bytes": size, "was_latest": was_latest, "latest_now": new_latest})
+    events.notify("info", f"Backup {backup_id} deleted by {actor}.")
+
+
+def repoint_latest() -> str | None:
+    """Point `latest` at the newest completed backup left (or remove it); returns its id."""
+    newest = (Backup.objects.filter(status=BackupStatus.COMPLETED).order_by("-created_at", "-id")
+              .values_list("id", flat=True).first())
+    try:
+        catalogue.set_latest(backup_root(), newest)
+    except catalogue.CatalogueError:
+        logger.error("`latest` in the backup root is not a symlink; left untouched")
+        return None
+    Backup.objects.exclude(id=newest).filter(is_latest=True).update(is_latest=False)
+    if newest:
+        Backup.objects.filter(id=newest).update(is_latest=True)
+    return newest
+
+
+def backup_set_pinned(*, backup_id: str, pinned: bool, actor: str, ip: str | None = None) -> Backup:
+    with transaction.atomic():
+        updated = Backup.objects.filter(id=backup_id).update(pinned=pinned)
+        if not updated:
+            raise NotFound("Backup not found.")
+        audit("backup.pin" if pinned else "backup.unpin", actor=actor, target=backup_id, ip=ip)
+    return Backup.objects.get(id=backup_id)
+
+
+# --- config ---------------------------------------------------------------------------------------------
+
+
+def config_current() -> dict[str, Any]:
+    return config_document.upgrade(BackupConfig.load().document)
+
+
+def config_update(*, document: Any, actor: str, partial: bool, ip: str | None = None) -> dict[str, Any]:
+    """Validate the whole new document first; store it and its audit row in one transaction, or
+    change nothing (ConfigInvalid carries DRF-shaped errors)."""
+    with transaction.atomic():
+        config = BackupConfig.objects.select_for_update().filter(id=1).first() or BackupConfig.load()
+        old = config_document.upgrade(config.document)
+        new = config_document.validate(document, current=old if partial else None)
+        config.document = new
+        config.updated_by = actor
+        config.save()
+        changes = config_document.diff(old, new)
+        audit("config.update", actor=actor, target="config", ip=ip,
+              details={"method": "PATCH" if partial else "PUT", "changes": changes})
+    if changes:
+        events.notify("info", f"Backup configuration changed by {actor}: {', '.join(sorted(changes))}.")
+    return new
+
+
+# --- catalogue sync ---------------------------------------------------------------------------------------
+
+
+def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
+    """Make the Backup rows match the folders on disk. Folders whose change signature is unchanged are
+    not re-walked, so a re-sync with nothing changed costs one directory listing."""
+    root = backup_root()
+    force = {backup_id for backup_id in force_ids if backup_id}
+    folders = {folder.name: folder for folder in catalogue.list_folders(root)}
+    known = dict(Backup.objects.values_list("id", "signature"))
+    running = active_run()
+    running_folder = running.backup_id if running and running.status == RunStatus.RUNNING else ""
+
+    scanned: list[Backup] = []
+    for name, folder in folders.items():
+        if name in known and known[name] == folder.signature and name not in force:
+            continue
+        try:
+            found = catalogue.scan_backup(root, name)
+        except catalogue.BackupNotFound:
+            continue  # vanished between the listing and the walk
+        meta = catalogue.read_metadata(root, name)
+        status = meta.get("status") or BackupStatus.COMPLETED
+        if name == running_folder:
+            status = BackupStatus.RUNNING
+        elif status == BackupStatus.RUNNING:
+            status = BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
+        scanned.append(Backup(
+            id=name, created_at=found.created_at, status=status,
+            type=meta.get("type") if meta.get("type") in BackupType.values else BackupType.EXTERNAL,
+            description=str(meta.get("description", ""))[:500],
+            triggered_by=str(meta.get("triggered_by", ""))[:200],
+            size_bytes=found.size_bytes, file_count=len(found.files),
+            files=[{"path": f.path, "size_bytes": f.size_bytes} for f in found.files],
+            run_id=meta.get("run_id") if Run.objects.filter(id=meta.get("run_id") or None).exists() else None,
+            signature=found.signature, synced_at=timezone.now(),
+        ))
+
+    gone = set(known) - set(folders)
+    with transaction.atomic():
+        if gone:
+            Backup.objects.filter(id__in=gone).delete()
+        for batch_start in range(0, len(scanned), 500):
+            batch = scanned[batch_start:batch_start + 500]
+            Backup.objects.bulk_create(
+                batch, update_conflicts=True, unique_fields=["id"],
+                update_fields=["created_at", "status", "type", "description", "triggered_by", "size_bytes",
+                               "file_count", "files", "run", "signature", "synced_at"],
+            )
+        _sync_latest_flag(root)
+    return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+
+
+def _sync_latest_flag(root: Path) -> None:
+    latest = catalogue.read_latest(root)
+    if latest and Backup.objects.filter(id=latest).exclude(status=BackupStatus.COMPLETED).exists():
+        # A failed run's script may have pointed `latest` at its half-written folder.
+        latest = repoint_latest()
+    Backup.objects.filter(is_latest=True).exclude(id=latest or "").update(is_latest=False)
+    if latest:
+        Backup.objects.filter(id=latest, is_latest=False).update(is_latest=True)
+
+
+# --- retention ------------------------------------------------------------------------------------------------
+
+
+def retention_apply(*, actor: str = "retention") -> list[str]:
+    """Delete the completed backups the policy no longer keeps. Pinned and latest stay; incomplete ones
+    are left for an admin to look at (they must not fill a day's slot of a good backup)."""
+    policy = config_current()["retention"]
+    candidates = [
+        retention.Candidate(id=b.id, created_at=b.created_at, keep=b.pinned or b.is_latest)
+        for b in Backup.objects.filter(status=BackupStatus.COMPLETED).only("id", "created_at", "pinned", "is_latest")
+    ]
+    doomed = retention.select_prunable(candidates, policy, tz=timezone.get_current_timezone())
+    deleted = []
+    for backup_id in doomed:
+        try:
+            backup_delete(backup_id=backup_id, actor=actor)
+            deleted.append(backup_id)
+        except ServiceError as error:
+            logger.warning("retention could not delete %s: %s", backup_id, error.message)
+    if deleted:
+        logger.info("retention pruned backups", extra={"deleted": deleted})
+    return deleted
