@@ -32,7 +32,8 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
         self.deadline_task: asyncio.Task | None = None
         header = _header(self.scope, b"authorization")
         if header:
-            await self._authenticate_with(lambda: auth.user_from_authorization(header))
+            # Authenticated at once and silently: the client's first frame gets its own answer.
+            await self._authenticate_with(lambda: auth.user_from_authorization(header), announce=False)
             return
         session_user = self.scope.get("user")
         if session_user is not None and getattr(session_user, "is_superuser", False):
@@ -60,7 +61,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"event": "error", "data": {"message": message}})
         await self.close(code=code)
 
-    async def _authenticate_with(self, verify: Any) -> None:
+    async def _authenticate_with(self, verify: Any, announce: bool = True) -> None:
         try:
             user = verify()
         except auth.TokenRefused as error:
@@ -75,7 +76,8 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.id
         if self.deadline_task:
             self.deadline_task.cancel()
-        await self.send_json({"event": "authenticated", "data": {"user_id": user.id}})
+        if announce:
+            await self.send_json({"event": "authenticated", "data": {"user_id": user.id}})
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:

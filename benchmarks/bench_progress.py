@@ -25,6 +25,7 @@ from _common import (
     Server,
     admin_token,
     bench_tmpdir,
+    cpu_seconds,
     http_post_json,
     migrate,
     percentile,
@@ -77,6 +78,9 @@ class Latencies:
     to_publish: list[float] = field(default_factory=list)  # payload `timestamp` (set by the worker) − ts
     to_client: list[float] = field(default_factory=list)  # arrival − payload `timestamp`
     printed: list[float] = field(default_factory=list)  # the ts itself, to see a trend over the run
+    client_lag: list[float] = field(default_factory=list)  # this process's event-loop lag (10 ms sleeps)
+    ping_rtt: list[float] = field(default_factory=list)  # WebSocket ping → pong through the server's loop
+    server_cpu: float = 0.0  # share of one core the serve process used while the run went on
 
 
 def write_script(tmp: Path) -> Path:
@@ -117,8 +121,28 @@ async def listen(ws: ClientConnection, log: ClientLog, run_id: asyncio.Future[st
                 return
 
 
+async def probe_loops(ws: ClientConnection, latencies: Latencies, stop: asyncio.Event) -> None:
+    """Every ~50 ms: how late a 10 ms sleep wakes up here (client side), and a ping's round trip (the
+    pong is written by the server's event loop, so it shows how busy that loop is)."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(0.01)
+        latencies.client_lag.append(time.perf_counter() - started - 0.01)
+        started = time.perf_counter()
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 10)
+        latencies.ping_rtt.append(time.perf_counter() - started)
+        await asyncio.sleep(0.04)
+
+
 async def one_round(server: Server, token: str) -> tuple[Latencies, list[ClientLog], dict[str, object]]:
-    sockets = await asyncio.gather(*(subscribe(server.ws, token) for _ in range(CLIENTS)))
+    sockets = await asyncio.gather(*(subscribe(server.ws, token) for _ in range(CLIENTS + 1)))
+    probe_ws = sockets.pop()
+    await probe_ws.send(json.dumps({"event": "get-realtime-status", "data": {}}))  # unsubscribed: no events
+    await expect(probe_ws, "realtime-status")
+    latencies = Latencies()
+    stop_probe = asyncio.Event()
+    probe = asyncio.create_task(probe_loops(probe_ws, latencies, stop_probe))
     logs = [ClientLog() for _ in sockets]
     run_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     listeners = [asyncio.create_task(listen(ws, log, run_id)) for ws, log in zip(sockets, logs, strict=True)]
@@ -129,13 +153,15 @@ async def one_round(server: Server, token: str) -> tuple[Latencies, list[ClientL
             raise RuntimeError(f"create: {status} {body}")
         run: dict[str, object] = body["run"]
         run_id.set_result(str(run["id"]))
+        cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
         await asyncio.wait(listeners, timeout=SCRIPT_SECONDS + 60)
+        latencies.server_cpu = (cpu_seconds(server.pid) - cpu_before) / (time.perf_counter() - wall_before)
     finally:
+        stop_probe.set()
         for task in listeners:
             task.cancel()
-        await asyncio.gather(*listeners, return_exceptions=True)
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    latencies = Latencies()
+        await asyncio.gather(probe, *listeners, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in [*sockets, probe_ws]), return_exceptions=True)
     for log in logs:
         for arrived, text in log.arrivals:
             frame = json.loads(text)
@@ -187,6 +213,11 @@ def measure(tmp: Path, script: Path, report: Report, label: str, goal_ms: float,
                          ("worker publish → client", latencies.to_client)):
         report.add(f"{label}: of which {part}, p50 / p99",
                    f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms")
+    for part, values in (("client event-loop lag (10 ms sleep overshoot)", latencies.client_lag),
+                         ("WebSocket ping RTT via the server loop", latencies.ping_rtt)):
+        report.add(f"{label}: {part}, p50 / p99",
+                   f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms")
+    report.add(f"{label}: serve process CPU while the run went on", f"{latencies.server_cpu:.0%} of a core")
     first = min(latencies.printed)
     for window in (0, 1, 2, 3):  # trend: median per quarter of the run
         low, high = first + window * SCRIPT_SECONDS / 4, first + (window + 1) * SCRIPT_SECONDS / 4

@@ -8,7 +8,8 @@
 #
 # Idempotent: run it again after every update of the repository. It never overwrites
 # /etc/backup-service/env; on the first run it creates it and stops until it has been edited.
-# Overridable from the environment: APP_DIR, ENV_FILE, SERVICE_USER, WEB_PORTS, PYTHON, NGINX_USER.
+# Overridable from the environment: APP_DIR, ENV_FILE, SERVICE_USER, WEB_PORTS, PYTHON, NGINX_USER,
+# UNIT_DIR, NGINX_DIR.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,11 +18,10 @@ readonly DEPLOY_DIR="$REPO_DIR/deploy"
 readonly APP_DIR=${APP_DIR:-/opt/backup-service}
 readonly ENV_FILE=${ENV_FILE:-/etc/backup-service/env}
 readonly SERVICE_USER=${SERVICE_USER:-backup}
-# One backup-web@<port> instance per port; nginx's upstream lists the same ports.
-readonly WEB_PORTS=${WEB_PORTS:-6027}
 readonly PYTHON=${PYTHON:-python3}
 readonly NGINX_USER=${NGINX_USER:-www-data}
-readonly UNIT_DIR=/etc/systemd/system
+readonly UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
+readonly NGINX_DIR=${NGINX_DIR:-/etc/nginx}
 readonly VENV_PY="$APP_DIR/.venv/bin/python"
 # A clean environment for manage.py: the settings come from the env file only (through the .env
 # link), never from whatever the operator's shell happens to export.
@@ -33,7 +33,7 @@ RENDER_DIR=""
 WARNINGS=0
 declare -A TRAVERSE_GRANTED=()
 
-usage() { sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 while (($#)); do
     case $1 in
@@ -146,6 +146,11 @@ SERVICE_LOG=$(env_get SERVICE_LOG /var/log/backup-service/backup-service.log)
 ALLOWED_HOSTS=$(env_get ALLOWED_HOSTS localhost)
 SERVER_NAME=$(env_get NGINX_SERVER_NAME "${ALLOWED_HOSTS%%,*}")
 SERVER_NAME=${SERVER_NAME#.}  # ".example.com" in ALLOWED_HOSTS means the domain and its subdomains
+# One backup-web@<port> instance per port; nginx's upstream lists the same ports. Kept in the env
+# file, so that the next deploy does not forget an instance that is running.
+WEB_PORTS=${WEB_PORTS:-$(env_get WEB_PORTS 6027)}
+[[ $WEB_PORTS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "WEB_PORTS must be a comma-separated list of ports: '$WEB_PORTS'"
+readonly WEB_PORTS
 for path in "$APP_DIR" "$ENV_FILE" "$BACKUP_ROOT" "$BACKUP_SCRIPT" "$BACKUP_SCRIPT_LOG" "$SERVICE_LOG"; do
     # Unit files take space-separated path lists; the nginx site would need quoting too.
     [[ $path == /* && $path != *[[:space:]]* ]] || die "paths must be absolute and without spaces: '$path'"
@@ -159,7 +164,10 @@ accel_prefix=${accel_prefix%/}
 # Paths the units may write; must match the env file, which systemd cannot expand in these settings.
 rw_paths=("$BACKUP_ROOT" "$APP_DIR/var" "$(dirname "$BACKUP_SCRIPT_LOG")")
 service_log_dir=$(dirname "$SERVICE_LOG")
-[[ $service_log_dir == /var/log/backup-service ]] || rw_paths+=("$service_log_dir")
+# LogsDirectory=backup-service covers the default; any other directory has to be listed.
+if [[ $service_log_dir != /var/log/backup-service && " ${rw_paths[*]} " != *" $service_log_dir "* ]]; then
+    rw_paths+=("$service_log_dir")
+fi
 
 render_unit() {
     local line
@@ -321,8 +329,13 @@ if [[ ! -e $BACKUP_SCRIPT_LOG ]]; then
 fi
 grant_traverse "$SERVICE_USER" "$BACKUP_SCRIPT_LOG"
 run setfacl -m "u:$SERVICE_USER:rw-" "$BACKUP_SCRIPT_LOG"
-# SERVICE_LOG's directory: systemd creates it at start (LogsDirectory=), but migrate runs before.
-run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$(dirname "$SERVICE_LOG")"
+# SERVICE_LOG's directory: systemd creates it at start (LogsDirectory=), but migrate runs before. An
+# existing directory is not taken over (SERVICE_LOG=/var/log/x.log must not chown /var/log).
+if [[ ! -d $service_log_dir ]]; then
+    run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$service_log_dir"
+elif ((DRY_RUN)) || ! can_access "$SERVICE_USER" -w "$service_log_dir"; then
+    run setfacl -m "u:$SERVICE_USER:rwx" "$service_log_dir"
+fi
 
 if [[ -n $accel_prefix ]]; then
     say "permissions: $NGINX_USER reads the backup root (DOWNLOAD_ACCEL_PREFIX=$accel_prefix)"
@@ -354,11 +367,11 @@ run systemctl restart backup-worker.service
 
 # --- 9. nginx --------------------------------------------------------------------------------------------
 
-if [[ -d /etc/nginx/sites-available ]] || ((DRY_RUN)); then
-    nginx_site=/etc/nginx/sites-available/backup-service.conf
-    nginx_link=/etc/nginx/sites-enabled/backup-service.conf
+if [[ -d $NGINX_DIR/sites-available ]] || ((DRY_RUN)); then
+    nginx_site=$NGINX_DIR/sites-available/backup-service.conf
+    nginx_link=$NGINX_DIR/sites-enabled/backup-service.conf
 else
-    nginx_site=/etc/nginx/conf.d/backup-service.conf  # RHEL-style layout
+    nginx_site=$NGINX_DIR/conf.d/backup-service.conf  # RHEL-style layout
     nginx_link=""
 fi
 nginx_installed=0

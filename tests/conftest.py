@@ -129,7 +129,23 @@ class ServerProcess:
             return self.process.wait(10)
 
 
+def make_sources(tmp: Path) -> None:
+    """Small real trees for the reference script to archive (its BACKUP_*_DIR must exist)."""
+    for folder, files in {
+        "app": {"package.json": '{"name": "beauty-platform"}\n', "src/server.js": "console.log('hi')\n"},
+        "uploads": {"images/logo.png": "\x89PNG fake\n"},
+        "configs": {"app.env": "APP_ENV=test\n"},
+        "ssl": {"README": "certificates live here\n"},
+        "nginx": {"nginx.conf": "events {}\n"},
+    }.items():
+        for rel, text in files.items():
+            path = tmp / "src" / folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
 def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    make_sources(tmp)
     env = dict(os.environ)
     for name in ("REDIS_URL", "BACKUP_SCRIPT", "DATABASE_URL"):
         env.pop(name, None)
@@ -190,3 +206,14 @@ def _fresh_rate_limit_window():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory) -> None:
+    """A file-backed SQLite test database: the worker's thread and the test's thread then lock and
+    wait like two connections of the real service, where the shared in-memory one raises at once."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")

@@ -100,11 +100,13 @@ def test_backup_changelist_shows_what_is_on_disk(admin_client: Client, two_backu
 
 @pytest.mark.parametrize("query", ["?status__exact=completed", "?type__exact=external", "?pinned__exact=1",
                                    "?q=20260102", "?created_at__year=2026", "?o=4"])
-def test_backup_changelist_filters_search_and_sorting(admin_client: Client, two_backups: Path, query: str) -> None:
+def test_backup_changelist_filters_search_and_sorting(admin_client: Client, two_backups: Path,
+                                                      query: str) -> None:
     assert admin_client.get(reverse("admin:backups_backup_changelist") + query).status_code == 200
 
 
-def test_backup_change_page_is_read_only_with_files_and_download(admin_client: Client, two_backups: Path) -> None:
+def test_backup_change_page_is_read_only_with_files_and_download(admin_client: Client,
+                                                                 two_backups: Path) -> None:
     response = admin_client.get(reverse("admin:backups_backup_change", args=[OLD]))
     html = response.content.decode()
     assert response.status_code == 200
@@ -115,7 +117,8 @@ def test_backup_change_page_is_read_only_with_files_and_download(admin_client: C
 
 def test_backups_cannot_be_added_or_edited_by_hand(admin_client: Client, two_backups: Path) -> None:
     assert admin_client.get(reverse("admin:backups_backup_add")).status_code == 403
-    response = admin_client.post(reverse("admin:backups_backup_change", args=[OLD]), {"description": "hacked"})
+    change_url = reverse("admin:backups_backup_change", args=[OLD])
+    response = admin_client.post(change_url, {"description": "hacked"})
     assert response.status_code == 403
     assert admin_client.get(reverse("admin:backups_backup_delete", args=[OLD])).status_code == 403
     assert Backup.objects.get(id=OLD).description == ""
@@ -173,7 +176,7 @@ def test_pin_and_unpin_go_through_the_service(admin_client: Client, two_backups:
     assert set(Backup.objects.filter(pinned=True).values_list("id", flat=True)) == {OLD, NEW}
     run_action(admin_client, "unpin_backups", [OLD])
     assert not Backup.objects.get(id=OLD).pinned
-    actions = list(AuditEvent.objects.order_by("id").values_list("action", "target"))
+    actions = sorted(AuditEvent.objects.values_list("action", "target"))
     assert actions == [("backup.pin", OLD), ("backup.pin", NEW), ("backup.unpin", OLD)]
 
 
@@ -188,7 +191,8 @@ def test_start_backup_queues_a_run_and_a_second_is_refused(admin_client: Client,
     first = admin_client.post(reverse("admin:backups_run_start"), {"description": "before the upgrade"})
     assert first.status_code == 302
     run = Run.objects.get()
-    assert (run.status, run.triggered_by, run.description) == (RunStatus.QUEUED, "admin", "before the upgrade")
+    assert run.status == RunStatus.QUEUED
+    assert (run.triggered_by, run.description) == ("admin", "before the upgrade")
     assert AuditEvent.objects.filter(action="run.create", target=str(run.id), outcome="ok").exists()
 
     second = admin_client.post(reverse("admin:backups_run_start"), {"description": ""})
@@ -244,8 +248,8 @@ def test_cancel_of_an_ended_run_is_refused_with_a_message(admin_client: Client, 
 
 
 def test_run_pages_render_and_are_read_only(admin_client: Client, backup_root: Path) -> None:
-    run = Run.objects.create(triggered_by="schedule", status=RunStatus.FAILED, error="❌ ERROR: pg_dump failed",
-                             output="out: [1/7] start\nerr: boom", backup_id=OLD)
+    run = Run.objects.create(triggered_by="schedule", status=RunStatus.FAILED, backup_id=OLD,
+                             error="❌ ERROR: pg_dump failed", output="out: [1/7] start\nerr: boom")
     html = admin_client.get(reverse("admin:backups_run_change", args=[run.id])).content.decode()
     assert "pg_dump failed" in html and "[1/7] start" in html
     assert 'name="_save"' not in html

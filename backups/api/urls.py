@@ -4,7 +4,9 @@ from backups.api import views
 
 backup_list = views.BackupViewSet.as_view({"get": "list"})
 backup_detail = views.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
-backup_download = views.BackupViewSet.as_view({"get": "download"})
+# Manual mapping skips the router, so an @action's own options (the download's signed-link
+# authentication) are passed here.
+backup_download = views.BackupViewSet.as_view({"get": "download"}, **views.BackupViewSet.download.kwargs)
 backup_download_link = views.BackupViewSet.as_view({"post": "download_link"})
 backup_pin = views.BackupViewSet.as_view({"post": "pin"})
 backup_unpin = views.BackupViewSet.as_view({"post": "unpin"})

@@ -1,0 +1,118 @@
+"""A real headless Chromium against a real server (`manage.py serve` with the reference script): log in
+to the admin, back up from the live dashboard and watch it move without a reload, then delete the new
+backup from the admin and see its folder go. Also refreshes the screenshot in docs/dashboard.png."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.conftest import PROJECT, manage
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = PROJECT / "docs" / "dashboard.png"
+USERNAME, PASSWORD = "root", "a-long-browser-test-password"
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--window-size=1280,900")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.skip(f"needs headless Chromium: {', '.join(missing)} missing "
+                    "(apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    # The window size includes room for browser chrome even headless; the page itself gets exactly this.
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def backup_sources(tmp: Path) -> None:
+    """The folders `server_env` points the reference script at; the script refuses missing ones."""
+    for name in ("app", "uploads", "configs", "ssl", "nginx"):
+        folder = tmp / "src" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "README").write_text(f"{name} of the browser test\n")
+
+
+def progress_of(driver: webdriver.Chrome) -> int:
+    return int(driver.find_element(By.ID, "progress-bar").get_attribute("aria-valuenow"))
+
+
+def test_back_up_from_the_dashboard_then_delete_from_the_admin(start_server, browser: webdriver.Chrome,
+                                                               tmp_path: Path) -> None:
+    backup_sources(tmp_path)
+    # 0.6 s between the script's 7 steps: a few seconds of visible progress.
+    server = start_server(BACKUP_STEP_DELAY="0.6")
+    created = manage({**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD}, "createsuperuser", "--noinput",
+                     "--username", USERNAME, "--email", "root@example.org")
+    assert created.returncode == 0, created.stderr[-2000:]
+    wait = WebDriverWait(browser, 20)
+
+    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
+    browser.find_element(By.NAME, "username").send_keys(USERNAME)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "ws-state"), "Live"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#backups-table tbody tr") == []
+    # Survives only if the page is never reloaded: everything below must arrive live.
+    browser.execute_script("window.__sameDocument = true;")
+
+    browser.find_element(By.ID, "backup-now").click()
+    seen: list[int] = []
+    screenshot_taken = False
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        percent = progress_of(browser)
+        if not seen or percent != seen[-1]:
+            seen.append(percent)
+        if not screenshot_taken and 35 <= percent < 100:
+            screenshot_taken = browser.save_screenshot(str(SCREENSHOT))
+        if percent == 100:
+            break
+        time.sleep(0.1)
+    assert seen[-1] == 100, f"progress stopped at {seen}:\n{server.log()}"
+    assert seen == sorted(seen), f"progress went down: {seen}"
+    assert screenshot_taken
+    assert len([p for p in seen if 0 < p < 100]) >= 3, f"too few progress steps seen: {seen}"
+    assert browser.find_element(By.ID, "cancel-run").get_attribute("hidden") is not None
+
+    # The table is re-rendered from the API as the run goes on: look the row up in one step.
+    completed = '#backups-table tbody tr[data-backup-id] .bd-badge[data-status="completed"]'
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, completed)))
+    backup_id = browser.execute_script(f"return document.querySelector('{completed}').closest('tr').dataset.backupId")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    folder = tmp_path / "backups" / backup_id
+    assert folder.is_dir()
+
+    browser.get(f"{server.base}/admin/backups/backup/")
+    browser.find_element(By.CSS_SELECTOR, f"input[name=_selected_action][value='{backup_id}']").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("delete_backups")
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    wait.until(EC.presence_of_element_located((By.ID, "confirm-delete"))).click()
+    message = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    assert backup_id in message.text
+    assert not folder.exists()

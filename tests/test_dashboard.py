@@ -1,0 +1,236 @@
+"""The live dashboard: who may open it, what it embeds, its WebSocket on the admin session, and the
+signed links it (and the admin) hand to the browser for downloads."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.core import signing
+from django.http import StreamingHttpResponse
+from django.test import Client
+from django.urls import reverse
+
+from backup_platform.asgi import application
+from backups import catalogue, services
+from backups.models import Run, RunStatus
+from backups.views import signed_download_url
+from tests.conftest import make_backup
+
+A, B = "backup-20260101_030000", "backup-20260102_030000"
+
+
+@pytest.fixture
+def backups_on_disk(backup_root: Path) -> Path:
+    make_backup(backup_root, A, mtime=1767236400)
+    make_backup(backup_root, B, mtime=1767322800)
+    catalogue.set_latest(backup_root, B)
+    services.catalogue_sync()
+    return backup_root
+
+
+@pytest.fixture
+def staff_user(django_user_model) -> User:
+    return django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+
+
+def embedded_state(html: str) -> dict:
+    match = re.search(r'<script id="dashboard-initial" type="application/json">(.*?)</script>', html, re.S)
+    assert match, "the page embeds its initial state"
+    return json.loads(match.group(1))
+
+
+def body_of(response: StreamingHttpResponse) -> bytes:
+    """The body of a download: an async stream (the ASGI server paces it), read here in one go."""
+
+    async def read() -> bytes:
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    return async_to_sync(read)()
+
+
+# --- the page ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_dashboard_renders_for_a_superuser(admin_client: Client, backups_on_disk: Path) -> None:
+    response = admin_client.get(reverse("dashboard"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    for element in ('id="backup-now"', 'id="cancel-run"', 'id="progress-bar"', 'aria-valuenow="0"',
+                    'id="progress-percent"', 'id="backups-table"', 'id="ws-state"'):
+        assert element in html
+    assert "Beauty Platform — Backups" in html  # it is an admin page
+    state = embedded_state(html)
+    assert [row["id"] for row in state["backups"]] == [B, A]
+    assert state["status"]["backups"]["count"] == 2
+    assert state["status"]["running"] is False
+    assert state["backups"][0]["download_url"].startswith(f"/api/backup/{B}/download?sig=")
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_the_error_of_a_failed_run(admin_client: Client, backup_root: Path) -> None:
+    Run.objects.create(triggered_by="schedule", status=RunStatus.FAILED, exit_code=3,
+                       error="❌ ERROR: pg_dump failed (line 212)")
+    state = embedded_state(admin_client.get(reverse("dashboard")).content.decode())
+    assert state["last_run"]["status"] == "failed"
+    assert state["last_run"]["error"] == "❌ ERROR: pg_dump failed (line 212)"
+
+
+@pytest.mark.django_db
+def test_dashboard_sends_anonymous_users_to_the_admin_login(client: Client) -> None:
+    response = client.get(reverse("dashboard"))
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('admin:login')}?next=/dashboard/"
+
+
+@pytest.mark.django_db
+def test_dashboard_refuses_staff_who_are_not_superusers(client: Client, staff_user: User) -> None:
+    client.force_login(staff_user)
+    assert client.get(reverse("dashboard")).status_code == 403
+
+
+@pytest.mark.django_db
+def test_root_redirects_to_the_dashboard(client: Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == "/dashboard/"
+
+
+@pytest.mark.django_db
+def test_back_up_now_works_with_the_session_and_needs_the_csrf_token(admin_user: User,
+                                                                    backup_root: Path) -> None:
+    """What the page's "Back up now" button does: a session POST with the CSRF token in a header."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    page = browser.get(reverse("dashboard"))
+    token = re.search(r'data-csrf-token="([^"]+)"', page.content.decode()).group(1)
+
+    refused = browser.post("/api/backup/create", {"type": "manual"}, content_type="application/json")
+    assert refused.status_code == 403
+    assert not Run.objects.exists()
+
+    accepted = browser.post("/api/backup/create", {"type": "manual"}, content_type="application/json",
+                            headers={"X-CSRFToken": token})
+    assert accepted.status_code == 202
+    assert accepted.json()["run"]["triggered_by"] == "admin"
+    cancel = browser.post(f"/api/backup/runs/{accepted.json()['run']['id']}/cancel", {},
+                          content_type="application/json", headers={"X-CSRFToken": token})
+    assert cancel.status_code == 202
+
+
+# --- the WebSocket on the admin session -----------------------------------------------------------------
+
+
+def session_cookie(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def communicator(cookie: str) -> WebsocketCommunicator:
+    headers = [(b"cookie", f"sessionid={cookie}".encode()), (b"origin", b"http://localhost")]
+    return WebsocketCommunicator(application, "/backup-ws", headers=headers)
+
+
+@pytest.fixture
+def superuser_cookie(admin_user: User) -> str:
+    return session_cookie(admin_user)
+
+
+@pytest.fixture
+def staff_cookie(staff_user: User) -> str:
+    return session_cookie(staff_user)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_websocket_accepts_a_superuser_session_without_a_token(superuser_cookie: str,
+                                                                     backup_root: Path) -> None:
+    ws = communicator(superuser_cookie)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_json_to({"event": "subscribe-backup-events", "data": {}})
+    assert await ws.receive_json_from(timeout=5) == {"event": "subscribed", "data": {}}
+    await ws.send_json_to({"event": "get-realtime-status", "data": {}})
+    status = await ws.receive_json_from(timeout=5)
+    assert status["event"] == "realtime-status"
+    assert status["data"]["running"] is False
+
+    # A backup queued elsewhere (the admin, the API) reaches the page as it happens.
+    await database_sync_to_async(services.run_enqueue)(actor="admin")
+    notification = await ws.receive_json_from(timeout=5)
+    assert notification == {"event": "system-notification",
+                            "data": {"level": "info", "message": "Backup queued by admin."}}
+    await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_websocket_refuses_a_staff_session(staff_cookie: str) -> None:
+    ws = communicator(staff_cookie)
+    connected, _ = await ws.connect()
+    assert connected  # accepted first, so that the close code reaches the client
+    await ws.send_json_to({"event": "subscribe-backup-events", "data": {}})
+    assert (await ws.receive_json_from(timeout=5))["event"] == "error"
+    assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4401}
+
+
+# --- signed download links --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_dashboards_link_downloads_without_a_session(admin_client: Client, client: Client,
+                                                         backups_on_disk: Path) -> None:
+    state = embedded_state(admin_client.get(reverse("dashboard")).content.decode())
+    response = client.get(state["backups"][1]["download_url"])
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="{A}.tar"'
+    with tarfile.open(fileobj=io.BytesIO(body_of(response))) as tar:
+        assert f"{A}/database.sql" in tar.getnames()
+
+
+@pytest.mark.django_db
+def test_download_link_endpoint_gives_a_working_link(admin_client: Client, client: Client,
+                                                     backups_on_disk: Path) -> None:
+    answer = admin_client.post(f"/api/backup/{A}/download-link")
+    assert answer.status_code == 200
+    assert answer.json()["expires_in"] == 300
+    assert client.get(answer.json()["url"]).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_link_for_one_backup_does_not_open_another(client: Client, admin_user: User,
+                                                     backups_on_disk: Path) -> None:
+    link_for_a = signed_download_url(A, admin_user)
+    signature = link_for_a.split("?", 1)[1]
+    response = client.get(f"/api/backup/{B}/download?{signature}")
+    assert response.status_code == 401
+    assert client.get(f"/api/backup/latest/download?{signature}").status_code == 401
+
+
+@pytest.mark.django_db
+def test_an_expired_link_is_refused(client: Client, admin_user: User, backups_on_disk: Path,
+                                    monkeypatch: pytest.MonkeyPatch, settings) -> None:
+    settings.DOWNLOAD_LINK_TTL = 300
+    signed_earlier = time.time() - 301
+    with monkeypatch.context() as patch:
+        # Only the signing module's clock goes back: the link is made 301 s ago.
+        patch.setattr(signing, "time", SimpleNamespace(time=lambda: signed_earlier))
+        stale = signed_download_url(A, admin_user)
+    response = client.get(stale)
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_tampered_link_is_refused(client: Client, admin_user: User, backups_on_disk: Path) -> None:
+    link = signed_download_url(A, admin_user)
+    assert client.get(link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")).status_code == 401
