@@ -4,10 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MANAGE := $(PY) manage.py
 
-.PHONY: run test lint smoke token worker serve-prod clean
+.PHONY: run test test-postgres lint smoke token worker clean
 
 # (Re)creates the virtualenv when requirements.txt changes; does nothing else.
-$(VENV): $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -23,6 +22,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The in-process tests again on production's stores (server-process tests bring their own SQLite).
+PG_URL ?= postgres://postgres@127.0.0.1:5432/backup_service_ci
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/3
+test-postgres: $(VENV)/.installed
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q -m "not slow and not browser"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

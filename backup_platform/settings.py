@@ -165,7 +165,7 @@ USE_I18N = False
 STATIC_URL = "/static/"
 STATIC_ROOT = envpath("STATIC_ROOT", BASE_DIR / "staticfiles")
 
-# --- backups ----------------------------------------------------------------------------------------
+# --- backups --------------------------------------------------------------------------------------
 
 BACKUP_SCRIPT = envpath("BACKUP_SCRIPT", BASE_DIR / "scripts" / "production-backup.sh")
 BACKUP_ROOT = envpath("BACKUP_ROOT", VAR_DIR / "backups" / "production")
@@ -188,16 +188,20 @@ METRICS_TOKEN = env("METRICS_TOKEN")
 HOST = env("HOST", "0.0.0.0")
 PORT = envint("PORT", 6027, minimum=1, maximum=65535)
 
-# --- auth ---------------------------------------------------------------------------------------------
+# --- auth -----------------------------------------------------------------------------------------
 
 JWT_ALGORITHM = env("JWT_ALGORITHM", "HS256")
 if JWT_ALGORITHM not in {"HS256", "HS384", "HS512", "RS256", "ES256"}:
-    raise ImproperlyConfigured(f"JWT_ALGORITHM must be one of HS256/HS384/HS512/RS256/ES256, got {JWT_ALGORITHM!r}")
+    raise ImproperlyConfigured(
+        f"JWT_ALGORITHM must be one of HS256/HS384/HS512/RS256/ES256, got {JWT_ALGORITHM!r}"
+    )
 JWT_SECRET = env("JWT_SECRET") or read_or_create_secret(VAR_DIR / "jwt-secret")
 JWT_PUBLIC_KEY = env("JWT_PUBLIC_KEY").replace("\\n", "\n")
 JWT_JWKS_URL = env("JWT_JWKS_URL")
 if JWT_ALGORITHM[:2] in {"RS", "ES"} and not (JWT_PUBLIC_KEY or JWT_JWKS_URL):
-    raise ImproperlyConfigured(f"JWT_PUBLIC_KEY or JWT_JWKS_URL is required with JWT_ALGORITHM={JWT_ALGORITHM}")
+    raise ImproperlyConfigured(
+        f"JWT_PUBLIC_KEY or JWT_JWKS_URL is required with JWT_ALGORITHM={JWT_ALGORITHM}"
+    )
 JWT_ISSUER = env("JWT_ISSUER") or None
 JWT_AUDIENCE = env("JWT_AUDIENCE") or None
 JWT_ROLE_CLAIM = env("JWT_ROLE_CLAIM", "role")
@@ -256,7 +260,7 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# --- protection ------------------------------------------------------------------------------------------
+# --- protection -----------------------------------------------------------------------------------
 
 RATE_LIMIT = env("RATE_LIMIT", "200/15m")
 RATE_LIMIT_COUNT, RATE_LIMIT_PERIOD = parse_rate("RATE_LIMIT", RATE_LIMIT)
@@ -275,7 +279,7 @@ CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 
-# --- channels, cache --------------------------------------------------------------------------------------
+# --- channels, cache ------------------------------------------------------------------------------
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
@@ -288,13 +292,15 @@ if REDIS_URL:
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+    }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 WS_AUTH_TIMEOUT_SECONDS = 10.0
 WS_PING_INTERVAL_SECONDS = 30.0
 
-# --- logging -------------------------------------------------------------------------------------------------
+# --- logging --------------------------------------------------------------------------------------
 
 SERVICE_LOG_MAX_BYTES = envint("SERVICE_LOG_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 SERVICE_LOG.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ def badge(value: str) -> SafeString:
     return format_html(
         '<span style="display:inline-block;padding:1px 8px;border-radius:9px;background:{};color:#fff;'
         'font-size:11px;font-weight:600;letter-spacing:.03em;text-transform:uppercase">{}</span>',
-        BADGE_COLOURS.get(value, "#757575"), value,
+        BADGE_COLOURS.get(value, "#757575"),
+        value,
     )
 
 
@@ -123,34 +124,65 @@ def _delete_refusals(backups: list[Backup]) -> dict[str, str]:
 
 @admin.register(Backup)
 class BackupAdmin(SuperuserReadOnlyAdmin):
-    list_display = ("id", "created_at", "status_badge", "size", "type", "started_by", "latest", "is_pinned",
-                    "is_verified")
+    list_display = (
+        "id",
+        "created_at",
+        "status_badge",
+        "size",
+        "type",
+        "started_by",
+        "latest",
+        "is_pinned",
+        "is_verified",
+    )
     list_filter = ("status", "type", "pinned", "is_latest", ("created_at", admin.DateFieldListFilter))
     search_fields = ("id", "description", "triggered_by")
     date_hierarchy = "created_at"
     list_per_page = 50
     actions = ("delete_backups", "pin_backups", "unpin_backups")
     fieldsets = (
-        (None, {"fields": ("id", "created_at", "status_badge", "type", "description", "started_by",
-                           "run_link")}),
+        (
+            None,
+            {"fields": ("id", "created_at", "status_badge", "type", "description", "started_by", "run_link")},
+        ),
         ("Contents", {"fields": ("size", "file_count", "files_table")}),
         ("Flags", {"fields": ("latest", "is_pinned", "is_verified", "synced_at")}),
     )
-    readonly_fields = ("id", "created_at", "status_badge", "type", "description", "started_by", "run_link",
-                       "size", "file_count", "files_table", "latest", "is_pinned", "is_verified", "synced_at")
+    readonly_fields = (
+        "id",
+        "created_at",
+        "status_badge",
+        "type",
+        "description",
+        "started_by",
+        "run_link",
+        "size",
+        "file_count",
+        "files_table",
+        "latest",
+        "is_pinned",
+        "is_verified",
+        "synced_at",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Backup]:
         queryset = super().get_queryset(request)
         # A backup's file list can hold thousands of entries; a page of rows does not need them.
         return queryset.defer("files", "signature") if self._on_changelist(request) else queryset
 
-    def changelist_view(self, request: HttpRequest,
-                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         selectors.ensure_catalogue_fresh()
         return super().changelist_view(request, extra_context)
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         backup = self.get_object(request, object_id)
         context = {**(extra_context or {})}
         if backup is not None and backup.status != "running":
@@ -195,16 +227,23 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
     def run_link(self, backup: Backup) -> str:
         if not backup.run_id:
             return "—"
-        return format_html('<a href="{}">{}</a>', reverse("admin:backups_run_change", args=[backup.run_id]),
-                           backup.run_id)
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:backups_run_change", args=[backup.run_id]), backup.run_id
+        )
 
     @admin.display(description="Files")
     def files_table(self, backup: Backup) -> str:
         files = backup.files or []
-        rows = format_html_join("", "<tr><td><code>{}</code></td><td>{}</td></tr>",
-                                ((f["path"], filesizeformat(f["size_bytes"])) for f in files[:FILES_SHOWN]))
-        more = (format_html("<p>… and {} more files.</p>", len(files) - FILES_SHOWN)
-                if len(files) > FILES_SHOWN else "")
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            ((f["path"], filesizeformat(f["size_bytes"])) for f in files[:FILES_SHOWN]),
+        )
+        more = (
+            format_html("<p>… and {} more files.</p>", len(files) - FILES_SHOWN)
+            if len(files) > FILES_SHOWN
+            else ""
+        )
         return format_html(
             "<table><thead><tr><th>Path</th><th>Size</th></tr></thead><tbody>{}</tbody></table>{}", rows, more
         )
@@ -217,19 +256,26 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         refusals = _delete_refusals(backups)
         if refusals:
             for backup_id, reason in refusals.items():
-                self.message_user(request, f"Nothing was deleted: {backup_id} cannot be deleted because "
-                                           f"{reason}.", messages.ERROR)
+                self.message_user(
+                    request,
+                    f"Nothing was deleted: {backup_id} cannot be deleted because {reason}.",
+                    messages.ERROR,
+                )
             return None
         if request.POST.get("post") != "yes":
-            return TemplateResponse(request, "admin/backups/backup/delete_selected_confirmation.html", {
-                **self.admin_site.each_context(request),
-                "title": "Delete backups?",
-                "opts": self.opts,
-                "backups": backups,
-                "total_size": sum(backup.size_bytes for backup in backups),
-                "includes_latest": any(backup.is_latest for backup in backups),
-                "action_checkbox_name": ACTION_CHECKBOX_NAME,
-            })
+            return TemplateResponse(
+                request,
+                "admin/backups/backup/delete_selected_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Delete backups?",
+                    "opts": self.opts,
+                    "backups": backups,
+                    "total_size": sum(backup.size_bytes for backup in backups),
+                    "includes_latest": any(backup.is_latest for backup in backups),
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                },
+            )
         deleted = []
         for backup in backups:
             try:
@@ -239,8 +285,9 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             else:
                 deleted.append(backup.id)
         if deleted:
-            self.message_user(request, f"Deleted {len(deleted)} backup(s): {', '.join(deleted)}.",
-                              messages.SUCCESS)
+            self.message_user(
+                request, f"Deleted {len(deleted)} backup(s): {', '.join(deleted)}.", messages.SUCCESS
+            )
         return None
 
     @admin.action(description="Pin selected backups (retention and delete keep them)")
@@ -254,8 +301,9 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
     def _set_pinned(self, request: HttpRequest, queryset: QuerySet[Backup], *, pinned: bool) -> None:
         ids = list(queryset.values_list("id", flat=True))
         for backup_id in ids:
-            services.backup_set_pinned(backup_id=backup_id, pinned=pinned, actor=_actor(request),
-                                       ip=client_ip(request))
+            services.backup_set_pinned(
+                backup_id=backup_id, pinned=pinned, actor=_actor(request), ip=client_ip(request)
+            )
         verb = "Pinned" if pinned else "Unpinned"
         self.message_user(request, f"{verb} {len(ids)} backup(s).", messages.SUCCESS)
 
@@ -265,8 +313,17 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
 
 @admin.register(Run)
 class RunAdmin(SuperuserReadOnlyAdmin):
-    list_display = ("short_id", "status_badge", "type", "triggered_by", "created_at", "duration", "progress",
-                    "backup_link", "exit_code")
+    list_display = (
+        "short_id",
+        "status_badge",
+        "type",
+        "triggered_by",
+        "created_at",
+        "duration",
+        "progress",
+        "backup_link",
+        "exit_code",
+    )
     list_filter = ("status", "type", ("created_at", admin.DateFieldListFilter))
     search_fields = ("backup_id", "triggered_by", "description", "error")
     date_hierarchy = "created_at"
@@ -279,17 +336,35 @@ class RunAdmin(SuperuserReadOnlyAdmin):
         ("Result", {"fields": ("exit_code", "error_text", "output_text", "output_lines")}),
         ("Process", {"fields": ("worker", "pgid"), "classes": ("collapse",)}),
     )
-    readonly_fields = ("id", "status_badge", "type", "description", "triggered_by", "backup_link",
-                       "created_at", "started_at", "finished_at", "duration", "progress", "progress_message",
-                       "cancel_requested", "exit_code", "error_text", "output_text", "output_lines", "worker",
-                       "pgid")
+    readonly_fields = (
+        "id",
+        "status_badge",
+        "type",
+        "description",
+        "triggered_by",
+        "backup_link",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "progress",
+        "progress_message",
+        "cancel_requested",
+        "exit_code",
+        "error_text",
+        "output_text",
+        "output_lines",
+        "worker",
+        "pgid",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
         queryset = super().get_queryset(request)
         return queryset.defer("output") if self._on_changelist(request) else queryset
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run],
-                           search_term: str) -> tuple[QuerySet[Run], bool]:
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Run], search_term: str
+    ) -> tuple[QuerySet[Run], bool]:
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         try:
             run_id = uuid.UUID(search_term.strip())
@@ -298,8 +373,9 @@ class RunAdmin(SuperuserReadOnlyAdmin):
         # A pasted run id (from the API, a log line or the dashboard) finds its run.
         return results | queryset.filter(id=run_id), may_have_duplicates
 
-    def changelist_view(self, request: HttpRequest,
-                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         context = {**(extra_context or {}), "active_run": services.active_run()}
         return super().changelist_view(request, context)
 
@@ -307,8 +383,11 @@ class RunAdmin(SuperuserReadOnlyAdmin):
         # Before the defaults: their `<path:object_id>/` would swallow these.
         return [
             path("start/", self.admin_site.admin_view(self.start_view), name="backups_run_start"),
-            path("<uuid:run_id>/cancel/", self.admin_site.admin_view(self.cancel_view),
-                 name="backups_run_cancel"),
+            path(
+                "<uuid:run_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="backups_run_cancel",
+            ),
             *super().get_urls(),
         ]
 
@@ -319,19 +398,29 @@ class RunAdmin(SuperuserReadOnlyAdmin):
         form = StartBackupForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                run = services.run_enqueue(actor=_actor(request), ip=client_ip(request),
-                                           description=form.cleaned_data["description"])
+                run = services.run_enqueue(
+                    actor=_actor(request), ip=client_ip(request), description=form.cleaned_data["description"]
+                )
             except services.ServiceError as error:
                 self.message_user(request, error.message, messages.ERROR)
             else:
-                self.message_user(request, format_html(
-                    'Backup queued (run <a href="{}">{}</a>); the worker starts it within a second. '
-                    'Follow it on the <a href="{}">live dashboard</a>.',
-                    reverse("admin:backups_run_change", args=[run.id]), str(run.id)[:8], reverse("dashboard"),
-                ), messages.SUCCESS)
+                self.message_user(
+                    request,
+                    format_html(
+                        'Backup queued (run <a href="{}">{}</a>); the worker starts it within a second. '
+                        'Follow it on the <a href="{}">live dashboard</a>.',
+                        reverse("admin:backups_run_change", args=[run.id]),
+                        str(run.id)[:8],
+                        reverse("dashboard"),
+                    ),
+                    messages.SUCCESS,
+                )
             return HttpResponseRedirect(reverse("admin:backups_run_changelist"))
         return self._confirmation(
-            request, title="Start a backup", form=form, submit_label="Start backup",
+            request,
+            title="Start a backup",
+            form=form,
+            submit_label="Start backup",
             question="The backup script runs in the background; its progress appears on the live dashboard.",
             active_run=services.active_run(),
         )
@@ -347,15 +436,24 @@ class RunAdmin(SuperuserReadOnlyAdmin):
             self._cancel(request, run)
             return HttpResponseRedirect(reverse("admin:backups_run_change", args=[run.id]))
         return self._confirmation(
-            request, title="Cancel the backup run?", submit_label="Yes, cancel it", danger=True,
+            request,
+            title="Cancel the backup run?",
+            submit_label="Yes, cancel it",
+            danger=True,
             question=f"Run {run.id} is {run.status}. Cancelling ends the backup script's whole process "
-                     "group; the partial folder is kept as incomplete.",
+            "group; the partial folder is kept as incomplete.",
         )
 
     def _confirmation(self, request: HttpRequest, **context: Any) -> TemplateResponse:
-        return TemplateResponse(request, "admin/backups/confirm.html", {
-            **self.admin_site.each_context(request), "opts": self.opts, **context,
-        })
+        return TemplateResponse(
+            request,
+            "admin/backups/confirm.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                **context,
+            },
+        )
 
     def _cancel(self, request: HttpRequest, run: Run) -> None:
         try:
@@ -391,8 +489,11 @@ class RunAdmin(SuperuserReadOnlyAdmin):
     def backup_link(self, run: Run) -> str:
         if not run.backup_id:
             return "—"
-        return format_html('<a href="{}">{}</a>',
-                           reverse("admin:backups_backup_change", args=[quote(run.backup_id)]), run.backup_id)
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:backups_backup_change", args=[quote(run.backup_id)]),
+            run.backup_id,
+        )
 
     @admin.display(description="Error")
     def error_text(self, run: Run) -> str:
@@ -419,9 +520,14 @@ class BackupConfigAdmin(SuperuserReadOnlyAdmin):
     form = BackupConfigForm
     fieldsets = (
         ("Schedule", {"fields": ("enabled", "schedule", "next_run")}),
-        ("Retention", {"fields": ("retention_daily", "retention_weekly", "retention_monthly"),
-                       "description": "How many daily, weekly and monthly backups to keep. All zero keeps "
-                                      "everything; pinned backups and <code>latest</code> are always kept."}),
+        (
+            "Retention",
+            {
+                "fields": ("retention_daily", "retention_weekly", "retention_monthly"),
+                "description": "How many daily, weekly and monthly backups to keep. All zero keeps "
+                "everything; pinned backups and <code>latest</code> are always kept.",
+            },
+        ),
         ("Contents", {"fields": ("components", "compression", "encryption")}),
         ("Notifications", {"fields": ("notify_email", "webhook")}),
         ("Last change", {"fields": ("updated_at", "updated_by")}),
@@ -431,19 +537,22 @@ class BackupConfigAdmin(SuperuserReadOnlyAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return _is_superuser(request)
 
-    def changelist_view(self, request: HttpRequest,
-                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
         config = BackupConfig.load()
         return HttpResponseRedirect(reverse("admin:backups_backupconfig_change", args=[config.pk]))
 
-    def save_model(self, request: HttpRequest, obj: BackupConfig, form: BackupConfigForm,
-                   change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: BackupConfig, form: BackupConfigForm, change: bool
+    ) -> None:
         # The form validated the whole document already; the service validates again, stores it and
         # writes the audit row in one transaction.
-        services.config_update(document=form.document, actor=_actor(request), partial=False,
-                               ip=client_ip(request))
+        services.config_update(
+            document=form.document, actor=_actor(request), partial=False, ip=client_ip(request)
+        )
 
     @admin.display(description="Next scheduled run")
     def next_run(self, config: BackupConfig) -> str:

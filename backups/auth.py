@@ -70,8 +70,15 @@ class PlatformToken(UntypedToken):
 
     def get_token_backend(self) -> TokenBackend:
         conf = settings.SIMPLE_JWT
-        key = (conf["ALGORITHM"], conf["SIGNING_KEY"], conf.get("VERIFYING_KEY"), conf.get("AUDIENCE"),
-               conf.get("ISSUER"), conf.get("JWK_URL"), conf.get("LEEWAY", 0))
+        key = (
+            conf["ALGORITHM"],
+            conf["SIGNING_KEY"],
+            conf.get("VERIFYING_KEY"),
+            conf.get("AUDIENCE"),
+            conf.get("ISSUER"),
+            conf.get("JWK_URL"),
+            conf.get("LEEWAY", 0),
+        )
         backend = _backends.get(key)
         if backend is None:
             backend = _backends[key] = TokenBackend(*key)

@@ -100,8 +100,12 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse(CLOSE_UNAUTHENTICATED, "authenticate first")
             return
         if not isinstance(event, str) or not isinstance(data, dict | type(None)):
-            await self.send_json({"event": "error", "data": {"message": "malformed frame: expected "
-                                                             '{"event": "<name>", "data": {...}}'}})
+            await self.send_json(
+                {
+                    "event": "error",
+                    "data": {"message": 'malformed frame: expected {"event": "<name>", "data": {...}}'},
+                }
+            )
             return
         data = data or {}
         if event == "authenticate":

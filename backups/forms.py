@@ -52,13 +52,14 @@ class BackupConfigForm(forms.ModelForm):
     the admin then stores `self.document` through `services.config_update`."""
 
     enabled = forms.BooleanField(
-        required=False, label="Scheduled backups enabled",
+        required=False,
+        label="Scheduled backups enabled",
         help_text="When off, the schedule stops; manual backups stay possible.",
     )
     schedule = forms.CharField(
         max_length=200,
         help_text="A 5-field cron expression (minute hour day month weekday) in the server's time zone, "
-                  "e.g. <code>0 3 * * *</code> for 03:00 every day.",
+        "e.g. <code>0 3 * * *</code> for 03:00 every day.",
     )
     retention_daily = _retention_field("Keep daily backups")
     retention_weekly = _retention_field("Keep weekly backups")
@@ -67,7 +68,9 @@ class BackupConfigForm(forms.ModelForm):
     encryption = forms.BooleanField(required=False)
     notify_email = forms.BooleanField(required=False, label="E-mail notifications")
     webhook = forms.CharField(
-        required=False, label="Webhook URL", widget=forms.URLInput(attrs={"placeholder": "https://…"}),
+        required=False,
+        label="Webhook URL",
+        widget=forms.URLInput(attrs={"placeholder": "https://…"}),
         help_text="Empty, or an http(s) URL that is called when a backup ends.",
     )
     components = forms.MultipleChoiceField(
@@ -136,7 +139,9 @@ class StartBackupForm(forms.Form):
     """The admin's "Start a backup": the body of `POST /api/backup/create`, checked by its serializer."""
 
     description = forms.CharField(
-        required=False, max_length=500, widget=forms.TextInput(attrs={"size": 60}),
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
         help_text="Optional; shown in the list of backups and in the audit trail.",
     )
 

@@ -16,8 +16,18 @@ SCRIPT_LINE = re.compile(
     r"(?:\[?(?P<level>DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|CRITICAL|FATAL|SUCCESS|OK)\]?:?\s+)?(?P<msg>.*)$",
     re.IGNORECASE,
 )
-LEVELS = {"warn": "warning", "fatal": "error", "critical": "error", "notice": "info", "success": "info",
-          "ok": "info", "debug": "debug", "info": "info", "warning": "warning", "error": "error"}
+LEVELS = {
+    "warn": "warning",
+    "fatal": "error",
+    "critical": "error",
+    "notice": "info",
+    "success": "info",
+    "ok": "info",
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+}
 
 
 def tail_lines(path: Path, count: int) -> list[str]:

@@ -89,49 +89,64 @@ def collect() -> list[str]:
 
     lines: list[str] = []
     lines += render_metric(
-        "backup_last_success_timestamp_seconds", "gauge",
+        "backup_last_success_timestamp_seconds",
+        "gauge",
         "Unix time at which the last successful backup run finished (0 if none yet).",
         [({}, last_success.finished_at.timestamp() if last_success else 0)],
     )
     lines += render_metric(
-        "backup_last_run_duration_seconds", "gauge",
+        "backup_last_run_duration_seconds",
+        "gauge",
         "Duration of the last finished backup run, whatever its outcome (0 if none yet).",
         [({}, (last_finished.duration_seconds or 0) if last_finished else 0)],
     )
     lines += render_metric(
-        "backup_last_run_status", "gauge",
+        "backup_last_run_status",
+        "gauge",
         "Outcome of the last finished backup run: 1 on the series labelled with its status.",
         [({"status": last_finished.status}, 1)] if last_finished else [],
     )
     lines += render_metric(
-        "backup_count", "gauge", "Number of backups in the catalogue (folders in the backup root).",
+        "backup_count",
+        "gauge",
+        "Number of backups in the catalogue (folders in the backup root).",
         [({}, totals["count"] or 0)],
     )
     lines += render_metric(
-        "backup_total_size_bytes", "gauge", "Sum of the sizes of all catalogued backups.",
+        "backup_total_size_bytes",
+        "gauge",
+        "Sum of the sizes of all catalogued backups.",
         [({}, totals["size"] or 0)],
     )
     # A gauge despite the `_total` suffix: these are row counts, and the queued/running ones go down
     # again (and retention may prune old runs), which a Prometheus counter must never do.
     lines += render_metric(
-        "backup_runs_total", "gauge", "Number of recorded backup runs, by status.",
+        "backup_runs_total",
+        "gauge",
+        "Number of recorded backup runs, by status.",
         [({"status": status}, by_status.get(status, 0)) for status in RunStatus.values],
     )
     lines += render_metric(
-        "backup_disk_free_bytes", "gauge",
+        "backup_disk_free_bytes",
+        "gauge",
         "Bytes still available to the service on the file system of the backup root.",
         disk_free,
     )
     lines += render_metric(
-        "backup_disk_total_bytes", "gauge", "Size of the file system of the backup root.",
+        "backup_disk_total_bytes",
+        "gauge",
+        "Size of the file system of the backup root.",
         disk_total,
     )
     lines += render_metric(
-        "backup_worker_up", "gauge", "1 if a backup worker renewed its lease in the last minute, else 0.",
+        "backup_worker_up",
+        "gauge",
+        "1 if a backup worker renewed its lease in the last minute, else 0.",
         [({}, 1 if selectors.worker_alive() else 0)],
     )
     lines += render_metric(
-        "backup_running", "gauge",
+        "backup_running",
+        "gauge",
         "1 while a backup run is queued or running (as `running` in /api/backup/status), else 0.",
         [({}, 1 if running else 0)],
     )
@@ -152,8 +167,11 @@ def _authorized(request: HttpRequest) -> bool:
 @require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _authorized(request):
-        response = HttpResponse("Authentication credentials were not provided or are invalid.\n",
-                                status=401, content_type="text/plain; charset=utf-8")
+        response = HttpResponse(
+            "Authentication credentials were not provided or are invalid.\n",
+            status=401,
+            content_type="text/plain; charset=utf-8",
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     response = HttpResponse("\n".join(collect()) + "\n", content_type=CONTENT_TYPE)

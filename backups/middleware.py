@@ -17,7 +17,7 @@ from backups.logging import request_id
 
 logger = logging.getLogger("backups.request")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-EXEMPT_PREFIXES = ("/health", "/static/")
+EXEMPT_PREFIXES = ("/health", "/metrics", "/static/")  # scrapes and probes are not users
 
 
 class RequestIdMiddleware:
@@ -35,9 +35,17 @@ class RequestIdMiddleware:
             request_id.reset(token)
         response["X-Request-ID"] = value
         if not request.path.startswith(EXEMPT_PREFIXES):
-            logger.info("%s %s %s", request.method, request.path, response.status_code,
-                        extra={"request_id": value, "status": response.status_code,
-                               "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+            logger.info(
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={
+                    "request_id": value,
+                    "status": response.status_code,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
         return response
 
 

@@ -74,7 +74,9 @@ class Run(models.Model):
     """One execution of the backup script, from the request that queued it to its end."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
+    )
     type = models.CharField(max_length=16, choices=RunType.choices, default=RunType.MANUAL)
     description = models.CharField(max_length=500, blank=True, default="")
     triggered_by = models.CharField(max_length=200)  # user id, "schedule" or "cli"

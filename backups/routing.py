@@ -21,7 +21,9 @@ class BrowserOriginValidator:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        origin = next((value.decode("latin1") for key, value in scope.get("headers", []) if key == b"origin"), None)
+        origin = next(
+            (value.decode("latin1") for key, value in scope.get("headers", []) if key == b"origin"), None
+        )
         if origin is None or self.allowed(origin):
             return await self.application(scope, receive, send)
         return await WebsocketDenier()(scope, receive, send)

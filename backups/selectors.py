@@ -55,7 +55,9 @@ def ensure_catalogue_fresh() -> None:
 def latest_backup() -> Backup | None:
     """The target of `latest`: the link when it names a completed backup, else the newest completed."""
     backup = Backup.objects.filter(is_latest=True, status=BackupStatus.COMPLETED).first()
-    return backup or Backup.objects.filter(status=BackupStatus.COMPLETED).order_by("-created_at", "-id").first()
+    return (
+        backup or Backup.objects.filter(status=BackupStatus.COMPLETED).order_by("-created_at", "-id").first()
+    )
 
 
 def get_backup(backup_id: str) -> Backup:
@@ -177,8 +179,12 @@ def health_document() -> tuple[dict[str, Any], int]:
         status, code = "degraded", 200
     from backup_platform import __version__
 
-    return {"status": status, "checks": checks, "version": __version__,
-            "uptime_seconds": round(time.monotonic() - STARTED, 1)}, code
+    return {
+        "status": status,
+        "checks": checks,
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - STARTED, 1),
+    }, code
 
 
 # --- logs -----------------------------------------------------------------------------------------------
@@ -186,19 +192,38 @@ def health_document() -> tuple[dict[str, Any], int]:
 
 def log_entries(source: str, lines: int, run: Run | None = None) -> list[dict[str, Any]]:
     if source == "script":
-        return [logtail.parse_script_line(line) for line in logtail.tail_lines(Path(settings.BACKUP_SCRIPT_LOG), lines)]
+        return [
+            logtail.parse_script_line(line)
+            for line in logtail.tail_lines(Path(settings.BACKUP_SCRIPT_LOG), lines)
+        ]
     if source == "service":
-        return [logtail.parse_json_line(line) for line in logtail.tail_lines(Path(settings.SERVICE_LOG), lines)]
+        return [
+            logtail.parse_json_line(line) for line in logtail.tail_lines(Path(settings.SERVICE_LOG), lines)
+        ]
     if source == "audit":
         rows = list(AuditEvent.objects.order_by("-created_at", "-id")[:lines])
         return [
-            {"timestamp": row.created_at.isoformat(), "level": "info" if row.outcome == "ok" else "warning",
-             "message": f"{row.action} {row.target}".strip(), "actor": row.actor, "action": row.action,
-             "target": row.target, "outcome": row.outcome, "client_ip": row.client_ip, "details": row.details}
+            {
+                "timestamp": row.created_at.isoformat(),
+                "level": "info" if row.outcome == "ok" else "warning",
+                "message": f"{row.action} {row.target}".strip(),
+                "actor": row.actor,
+                "action": row.action,
+                "target": row.target,
+                "outcome": row.outcome,
+                "client_ip": row.client_ip,
+                "details": row.details,
+            }
             for row in reversed(rows)
         ]
     assert run is not None
     text_lines = run.output.splitlines()[-lines:] if run.output else []
-    return [{"timestamp": None, "level": "error" if line.startswith("err: ") else "info",
-             "message": line[5:] if line[:5] in {"out: ", "err: "} else line,
-             "stream": "stderr" if line.startswith("err: ") else "stdout"} for line in text_lines]
+    return [
+        {
+            "timestamp": None,
+            "level": "error" if line.startswith("err: ") else "info",
+            "message": line[5:] if line[:5] in {"out: ", "err: "} else line,
+            "stream": "stderr" if line.startswith("err: ") else "stdout",
+        }
+        for line in text_lines
+    ]

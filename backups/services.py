@@ -52,7 +52,7 @@ def backup_root() -> Path:
     return Path(settings.BACKUP_ROOT)
 
 
-# --- audit ---------------------------------------------------------------------------------------------
+# --- audit ----------------------------------------------------------------------------------------
 
 
 def audit(
@@ -69,7 +69,7 @@ def audit(
     )
 
 
-# --- runs ------------------------------------------------------------------------------------------------
+# --- runs -----------------------------------------------------------------------------------------
 
 
 def active_run() -> Run | None:
@@ -88,14 +88,26 @@ def run_enqueue(
     try:
         with transaction.atomic():
             run = Run.objects.create(type=run_type, description=description, triggered_by=actor)
-            audit("run.create", actor=actor, target=str(run.id), ip=ip,
-                  details={"type": run_type, "description": description})
+            audit(
+                "run.create",
+                actor=actor,
+                target=str(run.id),
+                ip=ip,
+                details={"type": run_type, "description": description},
+            )
     except IntegrityError:
         current = active_run()
         with transaction.atomic():
-            audit("run.create", actor=actor, outcome="refused", ip=ip,
-                  details={"reason": "a run is already queued or running",
-                           "current": str(current.id) if current else None})
+            audit(
+                "run.create",
+                actor=actor,
+                outcome="refused",
+                ip=ip,
+                details={
+                    "reason": "a run is already queued or running",
+                    "current": str(current.id) if current else None,
+                },
+            )
         raise Conflict("A backup is already queued or running.", run=current) from None
     logger.info("run queued", extra={"run_id": str(run.id), "actor": actor, "type": run_type})
     events.notify("info", f"Backup queued by {actor}.")
@@ -105,8 +117,15 @@ def run_enqueue(
 def run_record_skipped(*, reason: str, run_type: str = RunType.SCHEDULED, actor: str = "schedule") -> Run:
     now = timezone.now()
     with transaction.atomic():
-        run = Run.objects.create(type=run_type, triggered_by=actor, status=RunStatus.SKIPPED,
-                                 finished_at=now, started_at=now, error=reason, progress_stage="skipped")
+        run = Run.objects.create(
+            type=run_type,
+            triggered_by=actor,
+            status=RunStatus.SKIPPED,
+            finished_at=now,
+            started_at=now,
+            error=reason,
+            progress_stage="skipped",
+        )
         audit("run.skipped", actor=actor, target=str(run.id), details={"reason": reason})
     events.notify("warning", f"Scheduled backup skipped: {reason}")
     return run
@@ -139,10 +158,17 @@ def run_set_backup(*, run: Run, backup_id: str) -> None:
 
 def write_backup_metadata(run: Run, *, status: str) -> None:
     try:
-        catalogue.write_metadata(backup_root(), run.backup_id, {
-            "run_id": str(run.id), "type": run.type, "description": run.description,
-            "triggered_by": run.triggered_by, "status": status,
-        })
+        catalogue.write_metadata(
+            backup_root(),
+            run.backup_id,
+            {
+                "run_id": str(run.id),
+                "type": run.type,
+                "description": run.description,
+                "triggered_by": run.triggered_by,
+                "status": status,
+            },
+        )
     except (OSError, catalogue.CatalogueError):
         logger.warning("could not write metadata of %s", run.backup_id, exc_info=True)
 
@@ -170,35 +196,65 @@ def run_finish(*, run: Run, end: RunEnd, percent: int, stage: str, message: str)
     now = timezone.now()
     with transaction.atomic():
         Run.objects.filter(id=run.id).update(
-            status=end.status, finished_at=now, exit_code=end.exit_code, error=end.error[:20000],
-            output=end.output, output_lines=end.output_lines, progress_percent=percent,
-            progress_stage=stage[:100], progress_message=message[:500], pgid=None,
+            status=end.status,
+            finished_at=now,
+            exit_code=end.exit_code,
+            error=end.error[:20000],
+            output=end.output,
+            output_lines=end.output_lines,
+            progress_percent=percent,
+            progress_stage=stage[:100],
+            progress_message=message[:500],
+            pgid=None,
         )
         run.refresh_from_db()
-        audit(f"run.{end.status}", actor=run.triggered_by, target=str(run.id),
-              outcome="ok" if end.status == RunStatus.SUCCEEDED else "failed",
-              details={"backup_id": run.backup_id, "exit_code": end.exit_code, "error": end.error[:2000]})
+        audit(
+            f"run.{end.status}",
+            actor=run.triggered_by,
+            target=str(run.id),
+            outcome="ok" if end.status == RunStatus.SUCCEEDED else "failed",
+            details={"backup_id": run.backup_id, "exit_code": end.exit_code, "error": end.error[:2000]},
+        )
         if end.status == RunStatus.SUCCEEDED:
-            events.broadcast_on_commit(events.BACKUP_PROGRESS, events.progress_payload(
-                str(run.id), run.backup_id, 100, "completed", message))
+            events.broadcast_on_commit(
+                events.BACKUP_PROGRESS,
+                events.progress_payload(str(run.id), run.backup_id, 100, "completed", message),
+            )
     # A failed run's folder is kept (incomplete) but must never be `latest`; the sync below re-points
     # `latest` when a script left it on a folder the service knows to be incomplete.
     catalogue_sync(force_ids=[run.backup_id] if run.backup_id else ())
     if end.status == RunStatus.SUCCEEDED:
         backup = Backup.objects.filter(id=run.backup_id).first()
-        events.broadcast(events.BACKUP_COMPLETED, {
-            "run_id": str(run.id), "backup_id": run.backup_id or None,
-            "size_bytes": backup.size_bytes if backup else 0,
-            "duration_seconds": run.duration_seconds,
-        })
+        events.broadcast(
+            events.BACKUP_COMPLETED,
+            {
+                "run_id": str(run.id),
+                "backup_id": run.backup_id or None,
+                "size_bytes": backup.size_bytes if backup else 0,
+                "duration_seconds": run.duration_seconds,
+            },
+        )
     else:
-        events.broadcast(events.BACKUP_ERROR, {
-            "run_id": str(run.id), "error": run.error or f"run {end.status}", "exit_code": run.exit_code,
-        })
+        events.broadcast(
+            events.BACKUP_ERROR,
+            {
+                "run_id": str(run.id),
+                "error": run.error or f"run {end.status}",
+                "exit_code": run.exit_code,
+            },
+        )
         level = "warning" if end.status == RunStatus.CANCELLED else "error"
-        events.broadcast(events.SYSTEM_NOTIFICATION, {"level": level, "message": f"Backup {end.status}: "
-                         f"{(run.error or '').splitlines()[0][:200] if run.error else end.status}"})
-    logger.info("run finished", extra={"run_id": str(run.id), "status": end.status, "exit_code": end.exit_code})
+        events.broadcast(
+            events.SYSTEM_NOTIFICATION,
+            {
+                "level": level,
+                "message": f"Backup {end.status}: "
+                f"{(run.error or '').splitlines()[0][:200] if run.error else end.status}",
+            },
+        )
+    logger.info(
+        "run finished", extra={"run_id": str(run.id), "status": end.status, "exit_code": end.exit_code}
+    )
     return run
 
 
@@ -208,25 +264,34 @@ def run_request_cancel(*, run: Run, actor: str, ip: str | None = None) -> Run:
     with transaction.atomic():
         now = timezone.now()
         if Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
-            status=RunStatus.CANCELLED, finished_at=now, error=f"cancelled by {actor} before it started",
+            status=RunStatus.CANCELLED,
+            finished_at=now,
+            error=f"cancelled by {actor} before it started",
             progress_stage="cancelled",
         ):
             run.refresh_from_db()
             audit("run.cancel", actor=actor, target=str(run.id), ip=ip, details={"was": "queued"})
-            events.broadcast_on_commit(events.BACKUP_ERROR, {"run_id": str(run.id), "error": run.error,
-                                                             "exit_code": None})
+            events.broadcast_on_commit(
+                events.BACKUP_ERROR, {"run_id": str(run.id), "error": run.error, "exit_code": None}
+            )
             return run
         if Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(cancel_requested=True):
             run.refresh_from_db()
             audit("run.cancel", actor=actor, target=str(run.id), ip=ip, details={"was": "running"})
             return run
         run.refresh_from_db()
-        audit("run.cancel", actor=actor, target=str(run.id), ip=ip, outcome="refused",
-              details={"reason": f"run already {run.status}"})
+        audit(
+            "run.cancel",
+            actor=actor,
+            target=str(run.id),
+            ip=ip,
+            outcome="refused",
+            details={"reason": f"run already {run.status}"},
+        )
     raise Conflict(f"The run has already ended ({run.status}).", run=run)
 
 
-# --- backups ------------------------------------------------------------------------------------------
+# --- backups --------------------------------------------------------------------------------------
 
 
 def backup_delete(*, backup_id: str, actor: str, ip: str | None = None) -> None:
@@ -239,13 +304,25 @@ def backup_delete(*, backup_id: str, actor: str, ip: str | None = None) -> None:
     running = active_run()
     if running and running.backup_id == backup_id:
         with transaction.atomic():
-            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="refused",
-                  details={"reason": "belongs to the running run"})
+            audit(
+                "backup.delete",
+                actor=actor,
+                target=backup_id,
+                ip=ip,
+                outcome="refused",
+                details={"reason": "belongs to the running run"},
+            )
         raise Conflict("This backup belongs to the running backup run.")
     if backup and backup.pinned:
         with transaction.atomic():
-            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="refused",
-                  details={"reason": "pinned"})
+            audit(
+                "backup.delete",
+                actor=actor,
+                target=backup_id,
+                ip=ip,
+                outcome="refused",
+                details={"reason": "pinned"},
+            )
         raise Conflict("This backup is pinned; unpin it before deleting it.")
     was_latest = catalogue.read_latest(root) == backup_id
     size = backup.size_bytes if backup else None
@@ -255,21 +332,36 @@ def backup_delete(*, backup_id: str, actor: str, ip: str | None = None) -> None:
         raise NotFound("Backup not found.") from None
     except OSError as error:
         with transaction.atomic():
-            audit("backup.delete", actor=actor, target=backup_id, ip=ip, outcome="failed",
-                  details={"error": error.strerror or type(error).__name__})
+            audit(
+                "backup.delete",
+                actor=actor,
+                target=backup_id,
+                ip=ip,
+                outcome="failed",
+                details={"error": error.strerror or type(error).__name__},
+            )
         raise ServiceError("The backup could not be deleted completely; see the service log.") from None
     with transaction.atomic():
         Backup.objects.filter(id=backup_id).delete()
         new_latest = repoint_latest() if was_latest else None
-        audit("backup.delete", actor=actor, target=backup_id, ip=ip,
-              details={"size_bytes": size, "was_latest": was_latest, "latest_now": new_latest})
+        audit(
+            "backup.delete",
+            actor=actor,
+            target=backup_id,
+            ip=ip,
+            details={"size_bytes": size, "was_latest": was_latest, "latest_now": new_latest},
+        )
     events.notify("info", f"Backup {backup_id} deleted by {actor}.")
 
 
 def repoint_latest() -> str | None:
     """Point `latest` at the newest completed backup left (or remove it); returns its id."""
-    newest = (Backup.objects.filter(status=BackupStatus.COMPLETED).order_by("-created_at", "-id")
-              .values_list("id", flat=True).first())
+    newest = (
+        Backup.objects.filter(status=BackupStatus.COMPLETED)
+        .order_by("-created_at", "-id")
+        .values_list("id", flat=True)
+        .first()
+    )
     try:
         catalogue.set_latest(backup_root(), newest)
     except catalogue.CatalogueError:
@@ -290,7 +382,7 @@ def backup_set_pinned(*, backup_id: str, pinned: bool, actor: str, ip: str | Non
     return Backup.objects.get(id=backup_id)
 
 
-# --- config ---------------------------------------------------------------------------------------------
+# --- config ---------------------------------------------------------------------------------------
 
 
 def config_current() -> dict[str, Any]:
@@ -308,14 +400,19 @@ def config_update(*, document: Any, actor: str, partial: bool, ip: str | None = 
         config.updated_by = actor
         config.save()
         changes = config_document.diff(old, new)
-        audit("config.update", actor=actor, target="config", ip=ip,
-              details={"method": "PATCH" if partial else "PUT", "changes": changes})
+        audit(
+            "config.update",
+            actor=actor,
+            target="config",
+            ip=ip,
+            details={"method": "PATCH" if partial else "PUT", "changes": changes},
+        )
     if changes:
         events.notify("info", f"Backup configuration changed by {actor}: {', '.join(sorted(changes))}.")
     return new
 
 
-# --- catalogue sync ---------------------------------------------------------------------------------------
+# --- catalogue sync -------------------------------------------------------------------------------
 
 
 def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
@@ -342,27 +439,48 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
             status = BackupStatus.RUNNING
         elif status == BackupStatus.RUNNING:
             status = BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
-        scanned.append(Backup(
-            id=name, created_at=found.created_at, status=status,
-            type=meta.get("type") if meta.get("type") in BackupType.values else BackupType.EXTERNAL,
-            description=str(meta.get("description", ""))[:500],
-            triggered_by=str(meta.get("triggered_by", ""))[:200],
-            size_bytes=found.size_bytes, file_count=len(found.files),
-            files=[{"path": f.path, "size_bytes": f.size_bytes} for f in found.files],
-            run_id=meta.get("run_id") if Run.objects.filter(id=meta.get("run_id") or None).exists() else None,
-            signature=found.signature, synced_at=timezone.now(),
-        ))
+        scanned.append(
+            Backup(
+                id=name,
+                created_at=found.created_at,
+                status=status,
+                type=meta.get("type") if meta.get("type") in BackupType.values else BackupType.EXTERNAL,
+                description=str(meta.get("description", ""))[:500],
+                triggered_by=str(meta.get("triggered_by", ""))[:200],
+                size_bytes=found.size_bytes,
+                file_count=len(found.files),
+                files=[{"path": f.path, "size_bytes": f.size_bytes} for f in found.files],
+                run_id=meta.get("run_id")
+                if Run.objects.filter(id=meta.get("run_id") or None).exists()
+                else None,
+                signature=found.signature,
+                synced_at=timezone.now(),
+            )
+        )
 
     gone = set(known) - set(folders)
     with transaction.atomic():
         if gone:
             Backup.objects.filter(id__in=gone).delete()
         for batch_start in range(0, len(scanned), 500):
-            batch = scanned[batch_start:batch_start + 500]
+            batch = scanned[batch_start : batch_start + 500]
             Backup.objects.bulk_create(
-                batch, update_conflicts=True, unique_fields=["id"],
-                update_fields=["created_at", "status", "type", "description", "triggered_by", "size_bytes",
-                               "file_count", "files", "run", "signature", "synced_at"],
+                batch,
+                update_conflicts=True,
+                unique_fields=["id"],
+                update_fields=[
+                    "created_at",
+                    "status",
+                    "type",
+                    "description",
+                    "triggered_by",
+                    "size_bytes",
+                    "file_count",
+                    "files",
+                    "run",
+                    "signature",
+                    "synced_at",
+                ],
             )
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
@@ -378,7 +496,7 @@ def _sync_latest_flag(root: Path) -> None:
         Backup.objects.filter(id=latest, is_latest=False).update(is_latest=True)
 
 
-# --- retention ------------------------------------------------------------------------------------------------
+# --- retention ------------------------------------------------------------------------------------
 
 
 def retention_apply(*, actor: str = "retention") -> list[str]:
@@ -387,7 +505,9 @@ def retention_apply(*, actor: str = "retention") -> list[str]:
     policy = config_current()["retention"]
     candidates = [
         retention.Candidate(id=b.id, created_at=b.created_at, keep=b.pinned or b.is_latest)
-        for b in Backup.objects.filter(status=BackupStatus.COMPLETED).only("id", "created_at", "pinned", "is_latest")
+        for b in Backup.objects.filter(status=BackupStatus.COMPLETED).only(
+            "id", "created_at", "pinned", "is_latest"
+        )
     ]
     doomed = retention.select_prunable(candidates, policy, tz=timezone.get_current_timezone())
     deleted = []

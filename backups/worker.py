@@ -8,6 +8,7 @@ the catalogue in sync. No transaction is held while the script runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from backups import catalogue, config_document, events, progress, runner, selectors, services
-from backups.models import BackupStatus, Run, RunStatus, RunType, WorkerLease
+from backups.models import Run, RunStatus, RunType, WorkerLease
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Worker:
         self.last_schedule_check = 0.0
         self.current_run: Run | None = None
 
-    # --- lifecycle --------------------------------------------------------------------------------------
+    # --- lifecycle --------------------------------------------------------------------------------
 
     def request_shutdown(self, grace_seconds: float) -> None:
         """Stop taking runs; a running one gets `grace_seconds` before its group is ended."""
@@ -89,7 +90,7 @@ class Worker:
         self.periodic_sync()
         return found
 
-    # --- the lease ------------------------------------------------------------------------------------------
+    # --- the lease --------------------------------------------------------------------------------
 
     def hold_lease(self, force_renew: bool = False) -> bool:
         now_mono = time.monotonic()
@@ -98,9 +99,9 @@ class Worker:
         now = timezone.now()
         WorkerLease.objects.get_or_create(id=1)
         stale = now - timedelta(seconds=WorkerLease.LEASE_SECONDS)
-        won = WorkerLease.objects.filter(Q(holder=self.id) | Q(holder="") | Q(renewed_at__lt=stale), id=1).update(
-            holder=self.id, renewed_at=now
-        )
+        won = WorkerLease.objects.filter(
+            Q(holder=self.id) | Q(holder="") | Q(renewed_at__lt=stale), id=1
+        ).update(holder=self.id, renewed_at=now)
         if not won:
             won = self._take_over_dead_local_holder(now)
         was_holding, self.holding = self.holding, bool(won)
@@ -137,7 +138,7 @@ class Worker:
         services.catalogue_sync()
         self.last_sync = time.monotonic()
 
-    # --- steps -------------------------------------------------------------------------------------------------
+    # --- steps ------------------------------------------------------------------------------------
 
     def recover_orphans(self) -> int:
         """Runs left `running` by a process that is gone: end whatever is left of their script's process
@@ -145,15 +146,24 @@ class Worker:
         count = 0
         for run in Run.objects.filter(status=RunStatus.RUNNING).exclude(worker=self.id):
             killed = False
-            if run.pgid and any(runner.process_has_run_id(pid, str(run.id))
-                                for pid in runner.find_group_members(run.pgid)):
+            if run.pgid and any(
+                runner.process_has_run_id(pid, str(run.id)) for pid in runner.find_group_members(run.pgid)
+            ):
                 killed = runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
-            self._finish(run, services.RunEnd(
-                status=RunStatus.INTERRUPTED, exit_code=None,
-                error="The service stopped while this backup was running"
-                + ("; its leftover processes were ended." if killed else "."),
-                output=run.output, output_lines=run.output_lines,
-            ), run.progress_percent, "interrupted", run.progress_message)
+            self._finish(
+                run,
+                services.RunEnd(
+                    status=RunStatus.INTERRUPTED,
+                    exit_code=None,
+                    error="The service stopped while this backup was running"
+                    + ("; its leftover processes were ended." if killed else "."),
+                    output=run.output,
+                    output_lines=run.output_lines,
+                ),
+                run.progress_percent,
+                "interrupted",
+                run.progress_message,
+            )
             count += 1
         return count
 
@@ -185,8 +195,11 @@ class Worker:
         # Fires once however many times were missed while the service was down.
         WorkerLease.objects.filter(id=1).update(last_schedule_check=now)
         try:
-            services.run_enqueue(actor="schedule", run_type=RunType.SCHEDULED,
-                                 description=f"scheduled ({document['schedule']})")
+            services.run_enqueue(
+                actor="schedule",
+                run_type=RunType.SCHEDULED,
+                description=f"scheduled ({document['schedule']})",
+            )
         except services.Conflict:
             services.run_record_skipped(reason="another backup was queued or running at the scheduled time")
 
@@ -195,7 +208,7 @@ class Worker:
             services.catalogue_sync()
             self.last_sync = time.monotonic()
 
-    # --- one run ---------------------------------------------------------------------------------------------
+    # --- one run ----------------------------------------------------------------------------------
 
     def execute(self, run: Run) -> Run:
         """Run the script for a claimed run and record how it ended. Never raises for a script failure."""
@@ -230,27 +243,35 @@ class RunExecution:
 
     def execute(self) -> Run:
         document = services.config_current()
-        try:
+        with contextlib.suppress(OSError):  # the script reports an unusable root better than we can
             self.root.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
         self.folders_before = {folder.name for folder in catalogue.list_folders(self.root)}
-        env = runner.build_env(os.environ, {
-            "BACKUP_RUN_ID": str(self.run.id),
-            "BACKUP_TYPE": self.run.type,
-            "BACKUP_DESCRIPTION": self.run.description,
-            "BACKUP_ROOT": str(self.root),
-            "BACKUP_SCRIPT_LOG": str(settings.BACKUP_SCRIPT_LOG),
-            "BACKUP_COMPONENTS": ",".join(config_document.enabled_components(document)),
-            "BACKUP_COMPRESSION": "1" if document["compression"] else "0",
-            "BACKUP_COMPRESSION_LEVEL": str(settings.BACKUP_COMPRESSION_LEVEL),
-        })
+        env = runner.build_env(
+            os.environ,
+            {
+                "BACKUP_RUN_ID": str(self.run.id),
+                "BACKUP_TYPE": self.run.type,
+                "BACKUP_DESCRIPTION": self.run.description,
+                "BACKUP_ROOT": str(self.root),
+                "BACKUP_SCRIPT_LOG": str(settings.BACKUP_SCRIPT_LOG),
+                "BACKUP_COMPONENTS": ",".join(config_document.enabled_components(document)),
+                "BACKUP_COMPRESSION": "1" if document["compression"] else "0",
+                "BACKUP_COMPRESSION_LEVEL": str(settings.BACKUP_COMPRESSION_LEVEL),
+            },
+        )
         self.publish(force=True)
         result = runner.run_script(
-            settings.BACKUP_SCRIPT, env=env, cwd=str(Path(settings.BACKUP_SCRIPT).parent),
-            timeout=settings.BACKUP_RUN_TIMEOUT, on_start=self.on_start, on_lines=self.on_lines,
-            on_tick=self.on_tick, should_stop=self.should_stop, tick_seconds=0.25,
-            kill_grace_seconds=settings.BACKUP_KILL_GRACE_SECONDS, output=self.output,
+            settings.BACKUP_SCRIPT,
+            env=env,
+            cwd=str(Path(settings.BACKUP_SCRIPT).parent),
+            timeout=settings.BACKUP_RUN_TIMEOUT,
+            on_start=self.on_start,
+            on_lines=self.on_lines,
+            on_tick=self.on_tick,
+            should_stop=self.should_stop,
+            tick_seconds=0.25,
+            kill_grace_seconds=settings.BACKUP_KILL_GRACE_SECONDS,
+            output=self.output,
         )
         self.discover_folder()
         end = self.outcome(result)
@@ -271,24 +292,42 @@ class RunExecution:
         if result.reason == reason.EXITED and result.exit_code == 0:
             return services.RunEnd(RunStatus.SUCCEEDED, 0, "", text, lines)
         if result.reason == reason.CANCELLED:
-            return services.RunEnd(RunStatus.CANCELLED, result.exit_code, "Cancelled: the script's processes "
-                                   "were ended.", text, lines)
+            return services.RunEnd(
+                RunStatus.CANCELLED,
+                result.exit_code,
+                "Cancelled: the script's processes were ended.",
+                text,
+                lines,
+            )
         if result.reason == reason.SHUTDOWN:
-            return services.RunEnd(RunStatus.INTERRUPTED, result.exit_code, "Interrupted: the service shut down "
-                                   f"and the backup did not finish within {settings.SHUTDOWN_GRACE_SECONDS} s.",
-                                   text, lines)
+            return services.RunEnd(
+                RunStatus.INTERRUPTED,
+                result.exit_code,
+                "Interrupted: the service shut down "
+                f"and the backup did not finish within {settings.SHUTDOWN_GRACE_SECONDS} s.",
+                text,
+                lines,
+            )
         if result.reason == reason.TIMEOUT:
-            return services.RunEnd(RunStatus.FAILED, result.exit_code, f"Timed out after "
-                                   f"{settings.BACKUP_RUN_TIMEOUT} s (BACKUP_RUN_TIMEOUT); the script's processes "
-                                   "were ended." + (f"\n{errors}" if errors else ""), text, lines)
+            return services.RunEnd(
+                RunStatus.FAILED,
+                result.exit_code,
+                f"Timed out after "
+                f"{settings.BACKUP_RUN_TIMEOUT} s (BACKUP_RUN_TIMEOUT); the script's processes "
+                "were ended." + (f"\n{errors}" if errors else ""),
+                text,
+                lines,
+            )
         if result.reason == reason.SPAWN_FAILED:
-            return services.RunEnd(RunStatus.FAILED, None, f"The backup script could not be started: "
-                                   f"{result.error}", text, lines)
+            return services.RunEnd(
+                RunStatus.FAILED, None, f"The backup script could not be started: {result.error}", text, lines
+            )
         headline = f"The script exited with code {result.exit_code}"
         if self.disk_full:
             headline = f"Disk full: the script exited with code {result.exit_code} (No space left on device)"
-        return services.RunEnd(RunStatus.FAILED, result.exit_code, headline + (f".\n{errors}" if errors else "."),
-                               text, lines)
+        return services.RunEnd(
+            RunStatus.FAILED, result.exit_code, headline + (f".\n{errors}" if errors else "."), text, lines
+        )
 
     def output_text(self) -> str:
         pairs = self.output.lines()
@@ -298,7 +337,7 @@ class RunExecution:
             rendered.insert(head, f"out: … {self.output.dropped_lines} lines omitted …")
         return "\n".join(rendered)
 
-    # --- runner callbacks (all on the worker's thread) --------------------------------------------------
+    # --- runner callbacks (all on the worker's thread) --------------------------------------------
 
     def on_start(self, pid: int) -> None:
         services.run_set_process(run=self.run, pgid=pid)
@@ -344,7 +383,7 @@ class RunExecution:
             self.cancelled = Run.objects.filter(id=self.run.id, cancel_requested=True).exists()
         return runner.EndReason.CANCELLED if self.cancelled else None
 
-    # --- helpers -------------------------------------------------------------------------------------------
+    # --- helpers ----------------------------------------------------------------------------------
 
     def discover_folder(self) -> None:
         """The run's folder: the one the script named, else the one that appeared in the root."""
@@ -353,7 +392,9 @@ class RunExecution:
         candidates = []
         if self.folder_named:
             candidates.append(self.folder_named)
-        appeared = sorted(f.name for f in catalogue.list_folders(self.root) if f.name not in self.folders_before)
+        appeared = sorted(
+            f.name for f in catalogue.list_folders(self.root) if f.name not in self.folders_before
+        )
         candidates.extend(reversed(appeared))
         for name in candidates:
             try:
@@ -369,19 +410,25 @@ class RunExecution:
         key = (state.percent, state.stage, state.message)
         now = time.monotonic()
         changed = key != self.published
-        if changed and (force or self.published is None or key[:2] != self.published[:2]
-                        or now - self.last_event >= MESSAGE_EVENT_SECONDS):
-            events.broadcast(events.BACKUP_PROGRESS, events.progress_payload(
-                str(self.run.id), self.run.backup_id, state.percent, state.stage, state.message))
+        if changed and (
+            force
+            or self.published is None
+            or key[:2] != self.published[:2]
+            or now - self.last_event >= MESSAGE_EVENT_SECONDS
+        ):
+            events.broadcast(
+                events.BACKUP_PROGRESS,
+                events.progress_payload(
+                    str(self.run.id), self.run.backup_id, state.percent, state.stage, state.message
+                ),
+            )
             self.published = key
             self.last_event = now
         if force or now - self.last_saved >= PROGRESS_SAVE_SECONDS:
-            services.run_save_progress(run=self.run, percent=state.percent, stage=state.stage,
-                                       message=state.message)
-            Run.objects.filter(id=self.run.id).update(output=self.output_text(),
-                                                       output_lines=self.output.total_lines)
+            services.run_save_progress(
+                run=self.run, percent=state.percent, stage=state.stage, message=state.message
+            )
+            Run.objects.filter(id=self.run.id).update(
+                output=self.output_text(), output_lines=self.output.total_lines
+            )
             self.last_saved = now
-
-
-def backup_status_for(run: Run) -> str:
-    return BackupStatus.COMPLETED if run.status == RunStatus.SUCCEEDED else BackupStatus.INCOMPLETE

@@ -293,9 +293,10 @@ fi
 # The settings module reads BASE_DIR/.env: manage.py run by hand gets the production settings too.
 run ln -sfn "$ENV_FILE" "$APP_DIR/.env"
 if ((DRY_RUN)) && [[ ! -f $ENV_FILE ]]; then
-    printf '   (a real run stops here until CHANGE_ME is replaced in %s)\n' "$ENV_FILE"
-elif ! ((DRY_RUN)) && grep -n 'CHANGE_ME' "$ENV_FILE" >&2; then
-    die "replace the CHANGE_ME values above in $ENV_FILE, then run $0 again" 3
+    printf '   (a real run stops here until CHANGE_ME and example.com are replaced in %s)\n' "$ENV_FILE"
+elif ! ((DRY_RUN)) && grep -nE '^[^#]*(CHANGE_ME|example\.com)' "$ENV_FILE" >&2; then
+    # The example's host names are placeholders too: a site for backup.example.com serves nobody.
+    die "replace the CHANGE_ME and example.com values above in $ENV_FILE, then run $0 again" 3
 fi
 
 # --- 5. the virtualenv ---------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ else
     if ! run nginx -t; then
         # Never leave a site behind that breaks the next reload of every other site on this nginx.
         if [[ -n $previous ]]; then mv -f "$previous" "$nginx_site"; else rm -f "$nginx_site" "$nginx_link"; fi
-        die "nginx -t failed with the new site: the previous one is back, nginx was not reloaded"
+        die "nginx -t failed with the new site: the site is back as it was, nginx was not reloaded"
     fi
     [[ -z $previous ]] || rm -f "$previous"
     run systemctl reload nginx

@@ -23,7 +23,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 REFERENCE_SCRIPT = PROJECT / "scripts" / "production-backup.sh"
 
 
-def make_backup(root: Path, name: str, files: dict[str, bytes | str] | None = None, mtime: float | None = None) -> Path:
+def make_backup(
+    root: Path, name: str, files: dict[str, bytes | str] | None = None, mtime: float | None = None
+) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     for rel, content in (files or {"database.sql": "-- dump\n", "configs/app.env": "A=1\n"}).items():
@@ -53,10 +55,16 @@ def backup_root(tmp_path: Path, settings) -> Path:
 
 @pytest.fixture
 def make_token(settings) -> Callable[..., str]:
-    """A token signed with the service's secret, with exactly the claims given (PyJWT, like the Auth Service)."""
+    """A token signed with the service's secret and exactly the claims given (PyJWT, as the Auth Service)."""
 
-    def make(claims: dict | None = None, *, ttl: int = 600, key: str | None = None, algorithm: str = "HS256",
-             headers: dict | None = None) -> str:
+    def make(
+        claims: dict | None = None,
+        *,
+        ttl: int = 600,
+        key: str | None = None,
+        algorithm: str = "HS256",
+        headers: dict | None = None,
+    ) -> str:
         now = int(time.time())
         payload = {"sub": "admin-1", "role": "SUPER_ADMIN", "iat": now, "exp": now + ttl}
         if claims is not None:
@@ -100,17 +108,30 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-                cwd=PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "manage.py",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
+                cwd=PROJECT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
+            health = self.base + "/health"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as reply:
+                if reply.status == 200:
+                    return self
             time.sleep(0.2)
         raise RuntimeError(f"server did not answer /health:\n{self.log()}")
 
@@ -149,26 +170,28 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("REDIS_URL", "BACKUP_SCRIPT", "DATABASE_URL"):
         env.pop(name, None)
-    env.update({
-        "BACKUP_ROOT": str(tmp / "backups"),
-        "BACKUP_SCRIPT_LOG": str(tmp / "script.log"),
-        "SERVICE_LOG": str(tmp / "service.log"),
-        "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-        "JWT_SECRET": "e2e-" + secrets.token_hex(24),
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "DEBUG": "0",
-        "RATE_LIMIT": "100000/15m",
-        "SHUTDOWN_GRACE_SECONDS": "3",
-        "BACKUP_KILL_GRACE_SECONDS": "2",
-        "WORKER_POLL_MS": "100",
-        "PYTHONUNBUFFERED": "1",
-        "BACKUP_APP_DIR": str(tmp / "src" / "app"),
-        "BACKUP_UPLOADS_DIR": str(tmp / "src" / "uploads"),
-        "BACKUP_CONFIGS_DIR": str(tmp / "src" / "configs"),
-        "BACKUP_SSL_DIR": str(tmp / "src" / "ssl"),
-        "BACKUP_NGINX_DIR": str(tmp / "src" / "nginx"),
-        "BACKUP_PG_PORT": "1",
-    })
+    env.update(
+        {
+            "BACKUP_ROOT": str(tmp / "backups"),
+            "BACKUP_SCRIPT_LOG": str(tmp / "script.log"),
+            "SERVICE_LOG": str(tmp / "service.log"),
+            "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+            "JWT_SECRET": "e2e-" + secrets.token_hex(24),
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "DEBUG": "0",
+            "RATE_LIMIT": "100000/15m",
+            "SHUTDOWN_GRACE_SECONDS": "3",
+            "BACKUP_KILL_GRACE_SECONDS": "2",
+            "WORKER_POLL_MS": "100",
+            "PYTHONUNBUFFERED": "1",
+            "BACKUP_APP_DIR": str(tmp / "src" / "app"),
+            "BACKUP_UPLOADS_DIR": str(tmp / "src" / "uploads"),
+            "BACKUP_CONFIGS_DIR": str(tmp / "src" / "configs"),
+            "BACKUP_SSL_DIR": str(tmp / "src" / "ssl"),
+            "BACKUP_NGINX_DIR": str(tmp / "src" / "nginx"),
+            "BACKUP_PG_PORT": "1",
+        }
+    )
     if os.environ.get("TEST_DATABASE_URL"):
         env["DATABASE_URL"] = os.environ["TEST_DATABASE_URL"]
     env.update(overrides)
@@ -176,8 +199,14 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -185,7 +214,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start real servers; every one is stopped (SIGTERM, then SIGKILL) at the end of the test."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, migrate: bool = True, **overrides: str) -> ServerProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, migrate: bool = True, **overrides: str
+    ) -> ServerProcess:
         environment = env or server_env(tmp_path, **overrides)
         (tmp_path / "backups").mkdir(exist_ok=True)
         if migrate:

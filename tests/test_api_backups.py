@@ -61,8 +61,18 @@ def test_list_pages_orders_and_filters(api, three):
     assert listed(api, "?status=completed")["count"] == 3
 
 
-@pytest.mark.parametrize("query", ["?page_size=-1", "?page_size=0", "?page_size=501", "?page_size=99999999999",
-                                   "?page_size=abc", "?ordering=name", "?status=gone"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?page_size=-1",
+        "?page_size=0",
+        "?page_size=501",
+        "?page_size=99999999999",
+        "?page_size=abc",
+        "?ordering=name",
+        "?status=gone",
+    ],
+)
 def test_bad_list_parameters_are_400_with_a_message(api, three, query):
     response = api.get(f"/api/backup/list{query}")
     assert response.status_code == 400
@@ -82,8 +92,10 @@ def test_list_notices_folders_added_and_removed_on_disk(api, three):
 def test_get_one_backup_lists_every_regular_file(api, three):
     response = api.get(f"/api/backup/{OLD}")
     assert response.status_code == 200
-    assert response.json()["files"] == [{"path": "configs/app.env", "size_bytes": 5},
-                                        {"path": "db.sql", "size_bytes": 10}]
+    assert response.json()["files"] == [
+        {"path": "configs/app.env", "size_bytes": 5},
+        {"path": "db.sql", "size_bytes": 10},
+    ]
 
 
 def test_latest_is_an_alias_of_the_newest_completed_backup(api, three):
@@ -109,8 +121,21 @@ def test_hostile_root_lists_only_real_folders_and_touches_nothing_outside(api, t
     assert (three / "backup-20990102_000000").is_file()
 
 
-@pytest.mark.parametrize("bad_id", ["..", "...", "%2e%2e", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", "a%00b",
-                                    "backup-20260101_030000%2F..", ".backup-service", "%20", "x" * 300])
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "..",
+        "...",
+        "%2e%2e",
+        "..%2F..%2Fetc",
+        "%2Fetc%2Fpasswd",
+        "a%00b",
+        "backup-20260101_030000%2F..",
+        ".backup-service",
+        "%20",
+        "x" * 300,
+    ],
+)
 def test_hostile_ids_are_404_and_change_nothing(api, three, bad_id):
     before = sorted(p.name for p in three.iterdir())
     for method, suffix in (("get", ""), ("delete", ""), ("get", "/download")):
@@ -206,8 +231,19 @@ def test_download_one_file_with_range_etag_and_last_modified(api, three):
     assert stale.status_code == 200
 
 
-@pytest.mark.parametrize("rel", ["../" + MID + "/db.sql", "/etc/passwd", "configs/../../x", "configs",
-                                 "missing.sql", "db.sql\x00", "", "configs//app.env"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../" + MID + "/db.sql",
+        "/etc/passwd",
+        "configs/../../x",
+        "configs",
+        "missing.sql",
+        "db.sql\x00",
+        "",
+        "configs//app.env",
+    ],
+)
 def test_download_file_refuses_paths_outside_or_missing(api, three, rel):
     response = api.get(f"/api/backup/{OLD}/download", {"file": rel})
     assert response.status_code == 404

@@ -37,24 +37,27 @@ def test_patch_merges_a_partial_document(api, backup_root):
     assert body["enabled"] is False and body["retention"] == {"daily": 7, "weekly": 0, "monthly": 12}
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"schedule": "not a cron"}, "schedule"),
-    ({"schedule": "0 3 * *"}, "schedule"),
-    ({"schedule": "0 3 * * * *"}, "schedule"),
-    ({"schedule": "61 3 * * *"}, "schedule"),
-    ({"schedule": 5}, "schedule"),
-    ({"enabled": "yes"}, "enabled"),
-    ({"retention": {"daily": -1}}, "retention"),
-    ({"retention": {"daily": 1001}}, "retention"),
-    ({"retention": {"daily": 1.5}}, "retention"),
-    ({"retention": {"daily": True}}, "retention"),
-    ({"retention": "7"}, "retention"),
-    ({"notifications": {"webhook": "ftp://x"}}, "notifications"),
-    ({"notifications": {"webhook": "javascript:alert(1)"}}, "notifications"),
-    ({"components": {"databases": 1}}, "components"),
-    ({"components": {"tapes": True}}, "components"),
-    ({"surprise": True}, "surprise"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"schedule": "not a cron"}, "schedule"),
+        ({"schedule": "0 3 * *"}, "schedule"),
+        ({"schedule": "0 3 * * * *"}, "schedule"),
+        ({"schedule": "61 3 * * *"}, "schedule"),
+        ({"schedule": 5}, "schedule"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"retention": {"daily": -1}}, "retention"),
+        ({"retention": {"daily": 1001}}, "retention"),
+        ({"retention": {"daily": 1.5}}, "retention"),
+        ({"retention": {"daily": True}}, "retention"),
+        ({"retention": "7"}, "retention"),
+        ({"notifications": {"webhook": "ftp://x"}}, "notifications"),
+        ({"notifications": {"webhook": "javascript:alert(1)"}}, "notifications"),
+        ({"components": {"databases": 1}}, "components"),
+        ({"components": {"tapes": True}}, "components"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
 def test_invalid_documents_are_400_and_change_nothing(api, backup_root, change, field):
     before = api.get(URL).json()
     for method in (api.put, api.patch):
@@ -83,12 +86,15 @@ def test_a_document_valid_but_for_one_late_field_changes_nothing(api, backup_roo
     assert api.get(URL).json() == DEFAULT_CONFIG
 
 
-@pytest.mark.parametrize("payload, content_type", [
-    (b"{not json", "application/json"),
-    (b"[1, 2]", "application/json"),
-    (b"null", "application/json"),
-    (b"enabled=false", "application/x-www-form-urlencoded"),
-])
+@pytest.mark.parametrize(
+    "payload, content_type",
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b"null", "application/json"),
+        (b"enabled=false", "application/x-www-form-urlencoded"),
+    ],
+)
 def test_non_json_bodies_are_4xx(api, backup_root, payload, content_type):
     response = api.generic("PUT", URL, payload, content_type=content_type)
     assert 400 <= response.status_code < 500

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_create_queues_a_run_and_answers_202(api, backup_root):
-    response = api.post("/api/backup/create", {"type": "manual", "description": "before release"}, format="json")
+    response = api.post(
+        "/api/backup/create", {"type": "manual", "description": "before release"}, format="json"
+    )
     assert response.status_code == 202
     run = response.json()["run"]
     assert run["status"] == "queued" and run["type"] == "manual" and run["triggered_by"] == "admin-1"
@@ -46,10 +48,19 @@ def test_the_database_refuses_a_second_active_run_even_without_the_service():
     Run.objects.create(triggered_by="c", status=RunStatus.FAILED)  # ended runs are not limited
 
 
-@pytest.mark.parametrize("payload", [
-    {"type": "scheduled"}, {"type": "full"}, {"description": "x" * 501}, {"description": 5},
-    {"description": "line\x00break"}, {"unexpected": 1}, ["manual"], "manual",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "scheduled"},
+        {"type": "full"},
+        {"description": "x" * 501},
+        {"description": 5},
+        {"description": "line\x00break"},
+        {"unexpected": 1},
+        ["manual"],
+        "manual",
+    ],
+)
 def test_bad_create_bodies_are_400_and_queue_nothing(api, backup_root, payload):
     response = api.post("/api/backup/create", payload, format="json")
     assert response.status_code == 400, response.content
@@ -83,12 +94,16 @@ def test_cancel_a_running_run_flags_it_for_the_worker(api, backup_root):
 def test_logs_of_the_script_are_read_from_the_end(api, backup_root, settings):
     log = Path(settings.BACKUP_SCRIPT_LOG)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(f"[2026-01-01 03:00:{i % 60:02d}] INFO step {i}\n" for i in range(100000))
-                   + "[2026-01-01 03:01:00] ERROR disk full\n")
+    log.write_text(
+        "".join(f"[2026-01-01 03:00:{i % 60:02d}] INFO step {i}\n" for i in range(100000))
+        + "[2026-01-01 03:01:00] ERROR disk full\n"
+    )
     body = api.get("/api/backup/logs?lines=3").json()
     assert body["source"] == "script"
     assert [e["message"] for e in body["entries"]] == ["step 99998", "step 99999", "disk full"]
-    assert body["entries"][-1]["level"] == "error" and body["entries"][-1]["timestamp"] == "2026-01-01T03:01:00"
+    assert (
+        body["entries"][-1]["level"] == "error" and body["entries"][-1]["timestamp"] == "2026-01-01T03:01:00"
+    )
 
 
 def test_logs_of_audit_and_run(api, backup_root):
@@ -100,8 +115,9 @@ def test_logs_of_audit_and_run(api, backup_root):
     assert [(e["message"], e["level"]) for e in entries] == [("hello", "info"), ("oops", "error")]
 
 
-@pytest.mark.parametrize("query", ["?source=nginx", "?lines=0", "?lines=5001", "?lines=x", "?source=run",
-                                   "?source=run&run=nope"])
+@pytest.mark.parametrize(
+    "query", ["?source=nginx", "?lines=0", "?lines=5001", "?lines=x", "?source=run", "?source=run&run=nope"]
+)
 def test_bad_log_queries_are_400(api, backup_root, query):
     assert api.get(f"/api/backup/logs{query}").status_code == 400
 
@@ -110,8 +126,14 @@ def test_test_script_checks_without_running_a_backup(api, backup_root):
     response = api.post("/api/backup/test-script")
     body = response.json()
     assert response.status_code == 200 and body["ok"] is True
-    assert {c["name"] for c in body["checks"]} == {"exists", "executable", "syntax", "backup_root_writable",
-                                                   "free_disk", "log_writable"}
+    assert {c["name"] for c in body["checks"]} == {
+        "exists",
+        "executable",
+        "syntax",
+        "backup_root_writable",
+        "free_disk",
+        "log_writable",
+    }
     assert list(backup_root.iterdir()) == [] and Run.objects.count() == 0
 
 

@@ -28,25 +28,33 @@ def test_no_token_is_401_with_bearer_challenge(anonymous, backup_root):
     assert AuditEvent.objects.filter(action="auth.refused", outcome="refused").exists()
 
 
-def test_super_admin_token_from_the_auth_service_is_accepted_without_a_user_row(anonymous, make_token, backup_root):
+def test_super_admin_token_from_the_auth_service_is_accepted_without_a_user_row(
+    anonymous, make_token, backup_root
+):
     # The Auth Service puts the id in userId and no `sub`.
     token = make_token({"userId": "u-42", "role": "SUPER_ADMIN"})
     assert get(anonymous, token).status_code == 200
 
 
-@pytest.mark.parametrize("claims", [
-    {"id": 7, "role": ["STAFF", "SUPER_ADMIN"]},
-    {"sub": "a", "role": ["SUPER_ADMIN"]},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"id": 7, "role": ["STAFF", "SUPER_ADMIN"]},
+        {"sub": "a", "role": ["SUPER_ADMIN"]},
+    ],
+)
 def test_role_may_be_a_list_and_id_an_integer(anonymous, make_token, claims, backup_root):
     assert get(anonymous, make_token(claims)).status_code == 200
 
 
-@pytest.mark.parametrize("claims", [
-    {"sub": "a", "role": "ADMIN"},
-    {"sub": "a", "role": ["ADMIN", "super_admin"]},
-    {"sub": "a"},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "a", "role": "ADMIN"},
+        {"sub": "a", "role": ["ADMIN", "super_admin"]},
+        {"sub": "a"},
+    ],
+)
 def test_valid_token_without_super_admin_is_403(anonymous, make_token, claims, backup_root):
     response = get(anonymous, make_token(claims))
     assert response.status_code == 403
@@ -77,7 +85,9 @@ def test_wrong_key_is_401(anonymous, make_token, backup_root):
 
 
 def test_alg_none_is_401(anonymous, backup_root):
-    token = jwt.encode({"sub": "a", "role": "SUPER_ADMIN", "exp": int(time.time()) + 60}, None, algorithm="none")
+    token = jwt.encode(
+        {"sub": "a", "role": "SUPER_ADMIN", "exp": int(time.time()) + 60}, None, algorithm="none"
+    )
     assert get(anonymous, token).status_code == 401
 
 
@@ -108,11 +118,17 @@ def test_asymmetric_tokens_verify_with_the_public_key_and_refuse_hs_confusion(
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     else:
         private = ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    settings.SIMPLE_JWT = {**settings.SIMPLE_JWT, "ALGORITHM": algorithm, "SIGNING_KEY": "",
-                           "VERIFYING_KEY": public_pem}
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings.SIMPLE_JWT = {
+        **settings.SIMPLE_JWT,
+        "ALGORITHM": algorithm,
+        "SIGNING_KEY": "",
+        "VERIFYING_KEY": public_pem,
+    }
     claims = {"sub": "a", "role": "SUPER_ADMIN", "exp": int(time.time()) + 60}
     assert get(anonymous, jwt.encode(claims, private, algorithm=algorithm)).status_code == 200
     # The classic confusion attack: HS256 with the public key as the HMAC secret.

@@ -1,6 +1,8 @@
-"""deploy/: the production settings pass `check --deploy`, deploy.sh plans the right steps without
-touching the machine, the units and the nginx site say what the service needs (and systemd-analyze
-and nginx accept them where the machine has those tools)."""
+"""deploy/: the production settings pass `check --deploy`; deploy.sh plans the right steps in a dry run
+and, run for real with systemctl/nginx/curl/setfacl stubbed and every path in tmp_path, installs,
+stops for the settings, is idempotent, rolls a refused nginx site back and waits for a running
+backup; the units and the nginx site say what the service needs, and systemd-analyze and nginx
+(with a stand-in upstream) accept and honour them where the machine has those tools."""
 
 from __future__ import annotations
 
@@ -118,9 +120,11 @@ def test_production_example_sets_the_production_values() -> None:
     assert values["CORS_ALLOWED_ORIGINS"].startswith("https://")
     for key in ("SECRET_KEY", "JWT_SECRET", "METRICS_TOKEN", "ALLOWED_HOSTS"):
         assert values[key], key
-    # Placeholders only where a secret belongs: deploy.sh refuses to go on while one is left.
+    # Placeholders where an operator must decide; deploy.sh refuses to go on while one is left.
     assert {key for key, value in values.items() if "CHANGE_ME" in value} == {
         "SECRET_KEY", "JWT_SECRET", "METRICS_TOKEN", "DATABASE_URL"}
+    assert {key for key, value in values.items() if "example.com" in value} == {
+        "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "CORS_ALLOWED_ORIGINS"}
 
 
 def test_production_example_reads_the_same_for_systemd_and_dotenv() -> None:
@@ -249,7 +253,8 @@ STUBS = {
     "curl": STUB + 'echo \'{"status": "ok"}\'\n',
     "nginx": STUB + '[ "$1" = -t ] && exit "${STUB_NGINX_T_EXIT:-0}"\nexit 0\n',
     # manage.py as the service user; the busy check reads the last line of `shell -c`.
-    "runuser": STUB + 'case "$*" in *" shell -c "*) if [ -n "$STUB_BUSY" ]; then echo busy; else echo idle; fi ;; esac\n',
+    "runuser": STUB + 'case "$*" in *" shell -c "*)\n'
+               '  if [ -n "$STUB_BUSY" ]; then echo busy; else echo idle; fi ;;\nesac\n',
 }
 
 
@@ -290,6 +295,9 @@ def fill_in(env_file: Path, tmp_path: Path) -> None:
     """What the operator does between the first and the second run."""
     text = env_file.read_text()
     for old, new in {
+        "=backup.example.com": "=backups.corp.test",
+        "=https://backup.example.com": "=https://backups.corp.test",
+        "=https://admin.example.com": "=https://admin.corp.test",
         "JWT_SECRET=CHANGE_ME_copy_the_auth_service_secret_here": f"JWT_SECRET={secrets.token_hex(32)}",
         "backup_service:CHANGE_ME@": "backup_service:pw@",
         "BACKUP_ROOT=/root/BACKUPS/production": f"BACKUP_ROOT={tmp_path}/backups",
@@ -297,7 +305,8 @@ def fill_in(env_file: Path, tmp_path: Path) -> None:
         "BACKUP_SCRIPT_LOG=/var/log/beauty-backup.log": f"BACKUP_SCRIPT_LOG={tmp_path}/script.log",
         "SERVICE_LOG=/var/log/backup-service/backup-service.log": f"SERVICE_LOG={tmp_path}/log/service.log",
         "# TLS_CERTIFICATE=/etc/ssl/certs/backup.example.com.pem": f"TLS_CERTIFICATE={tmp_path}/cert.pem",
-        "# TLS_CERTIFICATE_KEY=/etc/ssl/private/backup.example.com.key": f"TLS_CERTIFICATE_KEY={tmp_path}/key.pem",
+        "# TLS_CERTIFICATE_KEY=/etc/ssl/private/backup.example.com.key":
+            f"TLS_CERTIFICATE_KEY={tmp_path}/key.pem",
     }.items():
         assert old in text, old
         text = text.replace(old, new)
@@ -318,7 +327,7 @@ def test_real_run_installs_stops_for_the_settings_and_is_idempotent(tmp_path: Pa
     # First run: code installed, settings created with fresh secrets, then a stop for the placeholders.
     first = run_deploy(**stubbed_host)
     assert first.returncode == 3, first.stdout + first.stderr
-    assert "JWT_SECRET=CHANGE_ME" in first.stderr
+    assert "JWT_SECRET=CHANGE_ME" in first.stderr and "ALLOWED_HOSTS=backup.example.com" in first.stderr
     created = parse_env_file(env_file)
     assert len(created["SECRET_KEY"]) >= 50 and "CHANGE_ME" not in created["SECRET_KEY"]
     assert len(created["METRICS_TOKEN"]) >= 32 and "CHANGE_ME" not in created["METRICS_TOKEN"]
@@ -341,7 +350,8 @@ def test_real_run_installs_stops_for_the_settings_and_is_idempotent(tmp_path: Pa
     systemctl = [line for line in log if line.startswith("systemctl")]
     assert systemctl == ["systemctl daemon-reload",
                          "systemctl enable backup-web@6027.service backup-worker.service",
-                         "systemctl restart backup-web@6027.service", "systemctl restart backup-worker.service",
+                         "systemctl restart backup-web@6027.service",
+                         "systemctl restart backup-worker.service",
                          "systemctl reload nginx"]
     assert "nginx -t" in log and sum(line.startswith("curl") for line in log) == 2
     worker = parse_unit(tmp_path / "units" / "backup-worker.service")["Service"]
@@ -350,6 +360,8 @@ def test_real_run_installs_stops_for_the_settings_and_is_idempotent(tmp_path: Pa
                                                 f"{tmp_path}/log"]
     site = tmp_path / "nginx" / "sites-available" / "backup-service.conf"
     assert f"alias {tmp_path}/backups/;" in site.read_text()
+    assert "server_name backups.corp.test;" in site.read_text()
+    assert any(line.startswith("curl") and "Host: backups.corp.test" in line for line in log)
     assert (tmp_path / "nginx" / "sites-enabled" / "backup-service.conf").resolve() == site
     assert (tmp_path / "backups").is_dir() and (tmp_path / "log").is_dir()
 
@@ -386,7 +398,7 @@ def test_real_run_waits_for_a_running_backup(tmp_path: Path, stubbed_host: dict[
 
     busy = run_deploy(**stubbed_host, STUB_BUSY="1")
     assert busy.returncode == 4 and "--force" in busy.stderr
-    assert [line for line in calls(tmp_path) if not line.startswith("runuser")] == []
+    assert not [line for line in calls(tmp_path) if line.startswith(("systemctl", "nginx", "setfacl"))]
 
     forced = run_deploy("--force", **stubbed_host, STUB_BUSY="1")
     assert forced.returncode == 0, forced.stderr

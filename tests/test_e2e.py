@@ -31,7 +31,9 @@ def token_for(server) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def call(server, method: str, path: str, token: str | None, body: dict | None = None) -> tuple[int, dict, bytes]:
+def call(
+    server, method: str, path: str, token: str | None, body: dict | None = None
+) -> tuple[int, dict, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     headers = {"Content-Type": "application/json"}
     if token:
@@ -45,29 +47,42 @@ def call(server, method: str, path: str, token: str | None, body: dict | None = 
 
 def long_script(tmp: Path) -> Path:
     path = tmp / "long-backup.sh"
-    path.write_text('#!/usr/bin/env bash\nd="$BACKUP_ROOT/backup-20990101_000000"; mkdir -p "$d"\n'
-                    'echo "Backup directory: $d"; echo "[1/3] dumping"; sleep 300 & wait\n')
+    path.write_text(
+        '#!/usr/bin/env bash\nd="$BACKUP_ROOT/backup-20990101_000000"; mkdir -p "$d"\n'
+        'echo "Backup directory: $d"; echo "[1/3] dumping"; sleep 300 & wait\n'
+    )
     path.chmod(0o755)
     return path
 
 
 def test_download_over_http_matches_the_disk(start_server, tmp_path):
     root = tmp_path / "backups"
-    files = {"db.sql": os.urandom(3 * 1024 * 1024 + 17), "configs/app.env": b"A=1\n",
-             "system-info/" + "n" * 120 + ".txt": b"long name\n", "empty": b""}
+    files = {
+        "db.sql": os.urandom(3 * 1024 * 1024 + 17),
+        "configs/app.env": b"A=1\n",
+        "system-info/" + "n" * 120 + ".txt": b"long name\n",
+        "empty": b"",
+    }
     make_backup(root, "backup-20260101_030000", files)
     server = start_server()
     token = token_for(server)
-    request = urllib.request.Request(f"{server.base}/api/backup/backup-20260101_030000/download",
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{server.base}/api/backup/backup-20260101_030000/download",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Type"] == "application/x-tar"
         data = response.read()
         assert int(response.headers["Content-Length"]) == len(data)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        got = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers() if m.isfile()}
-    assert got == {f"backup-20260101_030000/{rel}": hashlib.sha256(content).hexdigest()
-                   for rel, content in files.items()}
+        got = {
+            m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest()
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+    assert got == {
+        f"backup-20260101_030000/{rel}": hashlib.sha256(content).hexdigest() for rel, content in files.items()
+    }
 
 
 def test_fifty_concurrent_creates_give_exactly_one_202(start_server, tmp_path):
@@ -112,9 +127,11 @@ def test_a_backup_run_is_watched_live_over_websocket(start_server, tmp_path, sty
     overrides = {"BACKUP_STEP_DELAY": "0.2"}
     if style == "no-markers":
         script = tmp_path / "quiet.sh"
-        script.write_text('#!/bin/sh\nd="$BACKUP_ROOT/nightly_$$"; mkdir -p "$d"\n'
-                          'for f in beauty_platform_new.sql beauty_audit.sql beauty-platform.tar.gz '
-                          'images-uploads.tar.gz; do sleep 0.5; echo data > "$d/$f"; done\n')
+        script.write_text(
+            '#!/bin/sh\nd="$BACKUP_ROOT/nightly_$$"; mkdir -p "$d"\n'
+            "for f in beauty_platform_new.sql beauty_audit.sql beauty-platform.tar.gz "
+            'images-uploads.tar.gz; do sleep 0.5; echo data > "$d/$f"; done\n'
+        )
         script.chmod(0o755)
         overrides["BACKUP_SCRIPT"] = str(script)
     server = start_server(**overrides)
@@ -137,7 +154,9 @@ def test_a_backup_run_is_watched_live_over_websocket(start_server, tmp_path, sty
     percents = check_progress(frames)
     assert percents[-1] == 100 and len(set(percents)) >= 3, percents
     progress = [f["data"] for f in frames if f["event"] == "backup-progress"]
-    assert all(set(p) >= {"run_id", "backup_id", "percent", "stage", "message", "timestamp"} for p in progress)
+    assert all(
+        set(p) >= {"run_id", "backup_id", "percent", "stage", "message", "timestamp"} for p in progress
+    )
     assert run["status"] == "succeeded" and run["progress"]["percent"] == 100
     listing = json.loads(call(server, "GET", "/api/backup/list", token)[2])
     assert [row["id"] for row in listing["results"]] == [run["backup_id"]]
@@ -186,7 +205,9 @@ def test_sigterm_gives_the_run_its_grace_then_interrupts_it_and_tells_the_client
 
     frames = asyncio.run(scenario())
     assert frames[-1]["event"] == "backup-error" and "shut down" in frames[-1]["data"]["error"]
-    assert any(f["event"] == "system-notification" and "shutting down" in f["data"]["message"] for f in frames)
+    assert any(
+        f["event"] == "system-notification" and "shutting down" in f["data"]["message"] for f in frames
+    )
     assert server.process.wait(30) == 0
 
 

@@ -39,7 +39,15 @@ async def test_authenticate_subscribe_and_status(make_token, backup_root):
     await send(ws, "get-realtime-status")
     frame = await ws.receive_json_from()
     assert frame["event"] == "realtime-status"
-    assert set(frame["data"]) >= {"running", "current_run", "last_backup", "backups", "disk", "script", "config"}
+    assert set(frame["data"]) >= {
+        "running",
+        "current_run",
+        "last_backup",
+        "backups",
+        "disk",
+        "script",
+        "config",
+    }
     await ws.disconnect()
 
 
@@ -55,8 +63,10 @@ async def test_events_reach_every_subscribed_client_and_not_the_others(make_toke
             await ws.receive_json_from()
     events.broadcast(events.SYSTEM_NOTIFICATION, {"level": "info", "message": "hello"})
     for ws in clients[:2]:
-        assert await ws.receive_json_from(timeout=3) == {"event": "system-notification",
-                                                         "data": {"level": "info", "message": "hello"}}
+        assert await ws.receive_json_from(timeout=3) == {
+            "event": "system-notification",
+            "data": {"level": "info", "message": "hello"},
+        }
     assert await clients[2].receive_nothing(timeout=0.3)
     for ws in clients:
         await ws.disconnect()
@@ -70,9 +80,12 @@ async def test_progress_is_coalesced_but_the_last_state_and_order_are_kept(make_
     await send(ws, "subscribe-backup-events")
     await ws.receive_json_from()
     for percent in range(1, 1001):
-        events.broadcast(events.BACKUP_PROGRESS, events.progress_payload("r1", "b1", percent // 10, "s", str(percent)))
-    events.broadcast(events.BACKUP_COMPLETED, {"run_id": "r1", "backup_id": "b1", "size_bytes": 1,
-                                               "duration_seconds": 1.0})
+        events.broadcast(
+            events.BACKUP_PROGRESS, events.progress_payload("r1", "b1", percent // 10, "s", str(percent))
+        )
+    events.broadcast(
+        events.BACKUP_COMPLETED, {"run_id": "r1", "backup_id": "b1", "size_bytes": 1, "duration_seconds": 1.0}
+    )
     frames = []
     while True:
         frame = await ws.receive_json_from(timeout=3)
@@ -142,8 +155,11 @@ async def test_malformed_and_unknown_frames_keep_the_connection(make_token, back
 async def test_browser_origin_must_be_allowed(make_token, settings, backup_root):
     settings.ALLOWED_HOSTS = ["backups.example.test"]
     settings.CORS_ALLOWED_ORIGINS = ["https://admin.example.test"]
-    for origin, accepted in ((b"https://evil.example.test", False), (b"https://admin.example.test", True),
-                             (b"https://backups.example.test", True)):
+    for origin, accepted in (
+        (b"https://evil.example.test", False),
+        (b"https://admin.example.test", True),
+        (b"https://backups.example.test", True),
+    ):
         ws = connect([(b"origin", origin)])
         connected, _ = await ws.connect()
         assert connected is accepted, origin

@@ -33,16 +33,27 @@ def script(tmp_path: Path, body: str, name: str = "backup.sh") -> Path:
 def worker(backup_root, settings, tmp_path) -> Worker:
     settings.BACKUP_KILL_GRACE_SECONDS = 1
     make_sources(tmp_path)
-    for name, folder in (("BACKUP_APP_DIR", "app"), ("BACKUP_UPLOADS_DIR", "uploads"),
-                         ("BACKUP_CONFIGS_DIR", "configs"), ("BACKUP_SSL_DIR", "ssl"), ("BACKUP_NGINX_DIR", "nginx")):
+    for name, folder in (
+        ("BACKUP_APP_DIR", "app"),
+        ("BACKUP_UPLOADS_DIR", "uploads"),
+        ("BACKUP_CONFIGS_DIR", "configs"),
+        ("BACKUP_SSL_DIR", "ssl"),
+        ("BACKUP_NGINX_DIR", "nginx"),
+    ):
         os.environ[name] = str(tmp_path / "src" / folder)
     os.environ["BACKUP_PG_PORT"] = "1"
     w = Worker(label="test")
     assert w.hold_lease()
     yield w
     w.release_lease()
-    for name in ("BACKUP_APP_DIR", "BACKUP_UPLOADS_DIR", "BACKUP_CONFIGS_DIR", "BACKUP_SSL_DIR",
-                 "BACKUP_NGINX_DIR", "BACKUP_PG_PORT"):
+    for name in (
+        "BACKUP_APP_DIR",
+        "BACKUP_UPLOADS_DIR",
+        "BACKUP_CONFIGS_DIR",
+        "BACKUP_SSL_DIR",
+        "BACKUP_NGINX_DIR",
+        "BACKUP_PG_PORT",
+    ):
         os.environ.pop(name, None)
 
 
@@ -62,20 +73,25 @@ def test_reference_script_run_succeeds_and_is_catalogued(worker, backup_root):
     assert backup.description == "nightly" and backup.triggered_by == "tester"
     names = {f["path"] for f in backup.files}
     assert {"beauty_platform_new.sql", "beauty_audit.sql", "beauty-platform.tar.gz"} <= names
-    assert backup.size_bytes == sum(p.stat().st_size for p in (backup_root / run.backup_id).rglob("*") if p.is_file())
+    assert backup.size_bytes == sum(
+        p.stat().st_size for p in (backup_root / run.backup_id).rglob("*") if p.is_file()
+    )
     assert "[7/7]" in run.output and run.output_lines > 7
 
 
 def test_failed_script_keeps_its_folder_incomplete_and_never_latest(worker, backup_root, tmp_path, settings):
     make_backup(backup_root, "backup-20260101_030000")
     (backup_root / "latest").symlink_to("backup-20260101_030000")
-    settings.BACKUP_SCRIPT = script(tmp_path, f"""
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 d="$BACKUP_ROOT/backup-20991231_235959"; mkdir -p "$d"; echo partial > "$d/db.sql"
 ln -sfn backup-20991231_235959 "$BACKUP_ROOT/latest"   # a careless script
 echo "[1/2] dumping"
 echo "pg_dump: error: connection refused" >&2
 exit 3
-""")
+""",
+    )
     run = run_once(worker)
     assert run.status == RunStatus.FAILED and run.exit_code == 3
     assert "exited with code 3" in run.error and "connection refused" in run.error
@@ -87,10 +103,13 @@ exit 3
 
 
 def test_script_without_markers_progresses_from_its_artifacts(worker, backup_root, tmp_path, settings):
-    settings.BACKUP_SCRIPT = script(tmp_path, """
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 d="$BACKUP_ROOT/nightly-$(date +%s)"; mkdir -p "$d"
 for f in beauty_platform_new.sql beauty_audit.sql beauty-platform.tar.gz; do echo x > "$d/$f"; sleep 0.4; done
-""")
+""",
+    )
     seen: list[int] = []
     original = services.run_save_progress
 
@@ -117,9 +136,12 @@ def test_missing_script_fails_at_once_with_a_clear_error(worker, settings, tmp_p
 
 
 def test_disk_full_is_explained(worker, tmp_path, settings):
-    settings.BACKUP_SCRIPT = script(tmp_path, """
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 echo "tar: beauty-platform.tar.gz: Wrote only 4096 of 10240 bytes: No space left on device" >&2; exit 2
-""")
+""",
+    )
     run = run_once(worker)
     assert run.status == RunStatus.FAILED and run.error.startswith("Disk full")
 
@@ -134,12 +156,15 @@ def wait_for(predicate, timeout: float = 15.0) -> None:
 
 
 def test_cancel_ends_the_whole_process_group(worker, tmp_path, settings):
-    settings.BACKUP_SCRIPT = script(tmp_path, """
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 d="$BACKUP_ROOT/backup-20990101_000000"; mkdir -p "$d"
 sleep 300 &
 trap '' TERM   # a script that ignores SIGTERM still ends: SIGKILL follows
 echo "[1/3] working"; sleep 300
-""")
+""",
+    )
     run = services.run_enqueue(actor="tester")
     thread = threading.Thread(target=worker.run_next_queued)
     thread.start()
@@ -177,8 +202,9 @@ def test_shutdown_interrupts_a_long_run_after_the_grace(worker, tmp_path, settin
 
 def test_orphaned_run_of_a_dead_process_is_interrupted_and_its_group_ended(backup_root):
     run = Run.objects.create(triggered_by="x", status=RunStatus.RUNNING, worker="serve@elsewhere:1:abc")
-    child = subprocess.Popen(["sleep", "300"], start_new_session=True,
-                             env={**os.environ, "BACKUP_RUN_ID": str(run.id)})
+    child = subprocess.Popen(
+        ["sleep", "300"], start_new_session=True, env={**os.environ, "BACKUP_RUN_ID": str(run.id)}
+    )
     Run.objects.filter(id=run.id).update(pgid=child.pid)
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)  # same pgid shape, not ours
     Run.objects.create(triggered_by="y", status=RunStatus.SUCCEEDED, pgid=stranger.pid)
@@ -209,8 +235,9 @@ def test_lease_of_a_killed_local_process_is_taken_at_once(backup_root):
     dead.wait()
     import socket
 
-    WorkerLease.objects.update_or_create(id=1, defaults={"holder": f"serve@{socket.gethostname()}:{dead.pid}:x",
-                                                         "renewed_at": timezone.now()})
+    WorkerLease.objects.update_or_create(
+        id=1, defaults={"holder": f"serve@{socket.gethostname()}:{dead.pid}:x", "renewed_at": timezone.now()}
+    )
     assert Worker(label="new").hold_lease()
 
 
@@ -242,7 +269,9 @@ def test_retention_after_a_successful_run_keeps_pinned_and_latest(worker, backup
         make_backup(backup_root, f"backup-202601{day:02d}_030000")
     services.catalogue_sync()
     services.backup_set_pinned(backup_id="backup-20260101_030000", pinned=True, actor="t")
-    services.config_update(document={"retention": {"daily": 2, "weekly": 0, "monthly": 0}}, actor="t", partial=True)
+    services.config_update(
+        document={"retention": {"daily": 2, "weekly": 0, "monthly": 0}}, actor="t", partial=True
+    )
     run = run_once(worker)
     assert run.status == RunStatus.SUCCEEDED
     remaining = sorted(p.name for p in backup_root.iterdir() if p.name.startswith("backup-"))
@@ -252,7 +281,9 @@ def test_retention_after_a_successful_run_keeps_pinned_and_latest(worker, backup
 def test_all_zero_retention_keeps_everything(worker, backup_root):
     for day in range(1, 4):
         make_backup(backup_root, f"backup-202601{day:02d}_030000")
-    services.config_update(document={"retention": {"daily": 0, "weekly": 0, "monthly": 0}}, actor="t", partial=True)
+    services.config_update(
+        document={"retention": {"daily": 0, "weekly": 0, "monthly": 0}}, actor="t", partial=True
+    )
     run_once(worker)
     assert len([p for p in backup_root.iterdir() if p.name.startswith("backup-")]) == 4
 
@@ -260,7 +291,9 @@ def test_all_zero_retention_keeps_everything(worker, backup_root):
 def test_the_script_gets_the_contract_environment(worker, tmp_path, settings):
     out = tmp_path / "env.txt"
     settings.BACKUP_SCRIPT = script(tmp_path, f"env | grep ^BACKUP_ | sort > {out}\n")
-    services.config_update(document={"components": {"ssl": False}, "compression": False}, actor="t", partial=True)
+    services.config_update(
+        document={"components": {"ssl": False}, "compression": False}, actor="t", partial=True
+    )
     run = run_once(worker, description="with env")
     env = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert env["BACKUP_RUN_ID"] == str(run.id) and env["BACKUP_TYPE"] == "manual"
@@ -272,7 +305,9 @@ def test_the_script_gets_the_contract_environment(worker, tmp_path, settings):
 def test_run_backup_command_exits_zero_only_on_success(backup_root, tmp_path, settings):
     from django.core.management import call_command
 
-    settings.BACKUP_SCRIPT = script(tmp_path, 'mkdir -p "$BACKUP_ROOT/backup-20990101_000001"; echo "[1/1] ok"\n')
+    settings.BACKUP_SCRIPT = script(
+        tmp_path, 'mkdir -p "$BACKUP_ROOT/backup-20990101_000001"; echo "[1/1] ok"\n'
+    )
     call_command("run_backup", "--description", "from cron")
     assert Run.objects.get().status == RunStatus.SUCCEEDED and Run.objects.get().triggered_by == "cli"
     settings.BACKUP_SCRIPT = script(tmp_path, "exit 4\n", name="bad.sh")

@@ -29,10 +29,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ConfigInvalid):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)
-    if request is not None and isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed,
-                                                exceptions.PermissionDenied)):
+    if request is not None and isinstance(
+        exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.PermissionDenied)
+    ):
         _audit_refusal(request, exc)
-    if response is not None and isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
+    if response is not None and isinstance(
+        exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated
+    ):
         response["WWW-Authenticate"] = 'Bearer realm="backup-service"'
         if isinstance(response.data, dict) and "messages" in response.data:
             response.data.pop("messages")
@@ -47,7 +50,10 @@ def _audit_refusal(request: Any, exc: Exception) -> None:
         with transaction.atomic():
             services.audit(
                 "auth.refused" if not isinstance(exc, exceptions.PermissionDenied) else "auth.forbidden",
-                actor=actor_of(user), target=request.path[:300], outcome="refused", ip=client_ip(request),
+                actor=actor_of(user),
+                target=request.path[:300],
+                outcome="refused",
+                ip=client_ip(request),
                 details={"method": request.method, "reason": str(getattr(exc, "detail", exc))[:300]},
             )
     except Exception:  # the refusal is answered even if the audit store is down

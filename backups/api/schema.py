@@ -8,8 +8,12 @@ class PlatformJWTScheme(OpenApiAuthenticationExtension):
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "A JWT from the platform's Auth Service with the SUPER_ADMIN role."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT from the platform's Auth Service with the SUPER_ADMIN role.",
+        }
 
 
 class SuperuserSessionScheme(OpenApiAuthenticationExtension):
@@ -17,8 +21,12 @@ class SuperuserSessionScheme(OpenApiAuthenticationExtension):
     name = "adminSession"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "cookie", "name": "sessionid",
-                "description": "A Django superuser's admin session (CSRF token required for writes)."}
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sessionid",
+            "description": "A Django superuser's admin session (CSRF token required for writes).",
+        }
 
 
 class SignedLinkScheme(OpenApiAuthenticationExtension):
@@ -26,5 +34,9 @@ class SignedLinkScheme(OpenApiAuthenticationExtension):
     name = "signedLink"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "query", "name": "sig",
-                "description": "A short-lived link from POST /api/backup/<id>/download-link."}
+        return {
+            "type": "apiKey",
+            "in": "query",
+            "name": "sig",
+            "description": "A short-lived link from POST /api/backup/<id>/download-link.",
+        }

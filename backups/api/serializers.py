@@ -19,8 +19,21 @@ class BackupSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Backup
-        fields = ["id", "created_at", "status", "size_bytes", "is_latest", "type", "description", "pinned",
-                  "verified", "triggered_by", "file_count", "run_id", "files"]
+        fields = [
+            "id",
+            "created_at",
+            "status",
+            "size_bytes",
+            "is_latest",
+            "type",
+            "description",
+            "pinned",
+            "verified",
+            "triggered_by",
+            "file_count",
+            "run_id",
+            "files",
+        ]
         read_only_fields = fields
 
     def get_files(self, backup: Backup) -> list[dict[str, Any]]:
@@ -56,17 +69,35 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Run
-        fields = ["id", "status", "type", "description", "triggered_by", "created_at", "started_at",
-                  "finished_at", "duration_seconds", "exit_code", "backup_id", "error", "progress",
-                  "cancel_requested", "output_lines"]
+        fields = [
+            "id",
+            "status",
+            "type",
+            "description",
+            "triggered_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "exit_code",
+            "backup_id",
+            "error",
+            "progress",
+            "cancel_requested",
+            "output_lines",
+        ]
         read_only_fields = fields
 
     def get_backup_id(self, run: Run) -> str | None:
         return run.backup_id or None
 
     def get_progress(self, run: Run) -> dict[str, Any]:
-        return {"percent": run.progress_percent, "stage": run.progress_stage, "message": run.progress_message,
-                "eta_seconds": _eta(run)}
+        return {
+            "percent": run.progress_percent,
+            "stage": run.progress_stage,
+            "message": run.progress_message,
+            "eta_seconds": _eta(run),
+        }
 
 
 def _eta(run: Run) -> float | None:
@@ -94,8 +125,9 @@ class StrictCharField(serializers.CharField):
 
 class CreateRunSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=[RunType.MANUAL], default=RunType.MANUAL, required=False)
-    description = StrictCharField(max_length=500, required=False, allow_blank=True, default="",
-                                        trim_whitespace=True)
+    description = StrictCharField(
+        max_length=500, required=False, allow_blank=True, default="", trim_whitespace=True
+    )
 
     def validate_description(self, value: str) -> str:
         if any(ord(ch) < 32 and ch not in "\t" for ch in value):
@@ -110,8 +142,9 @@ class CreateRunSerializer(serializers.Serializer):
 
 
 class LogsQuerySerializer(serializers.Serializer):
-    source = serializers.ChoiceField(choices=["script", "service", "audit", "run"], default="script",
-                                     required=False)
+    source = serializers.ChoiceField(
+        choices=["script", "service", "audit", "run"], default="script", required=False
+    )
     lines = serializers.IntegerField(min_value=1, max_value=5000, default=200, required=False)
     run = serializers.UUIDField(required=False)
 

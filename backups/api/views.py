@@ -43,7 +43,7 @@ from backups.api.serializers import (
 )
 from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthentication, actor_of
 from backups.download_links import SignedLinkAuthentication, make_link_token
-from backups.models import Backup, BackupStatus, Run, RunStatus
+from backups.models import Backup, BackupStatus, Run
 
 CHUNK = 1 << 20
 
@@ -75,7 +75,7 @@ def _actor(request: Request) -> str:
     return actor_of(request.user)
 
 
-# --- backups -----------------------------------------------------------------------------------------------
+# --- backups --------------------------------------------------------------------------------------
 
 
 class BackupViewSet(viewsets.GenericViewSet):
@@ -110,8 +110,13 @@ class BackupViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(BackupSerializer(selectors.get_backup(pk)).data)
 
-    @extend_schema(responses={204: None, 404: OpenApiResponse(description="unknown"),
-                              409: OpenApiResponse(description="running or pinned")})
+    @extend_schema(
+        responses={
+            204: None,
+            404: OpenApiResponse(description="unknown"),
+            409: OpenApiResponse(description="running or pinned"),
+        }
+    )
     def destroy(self, request: Request, pk: str) -> Response:
         if pk == catalogue.LATEST_LINK:
             raise services.NotFound("Backup not found: delete a backup by its real id, not `latest`.")
@@ -121,12 +126,22 @@ class BackupViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[OpenApiParameter("file", str, description="relative path of one file in the backup")],
-        responses={(200, "application/x-tar"): OpenApiTypes.BINARY, (206, "application/octet-stream"):
-                   OpenApiTypes.BINARY, 404: OpenApiResponse(description="unknown backup or file"),
-                   416: OpenApiResponse(description="range not satisfiable")},
+        responses={
+            (200, "application/x-tar"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="unknown backup or file"),
+            416: OpenApiResponse(description="range not satisfiable"),
+        },
     )
-    @action(detail=True, methods=["get"], authentication_classes=[
-        PlatformJWTAuthentication, SuperuserSessionAuthentication, SignedLinkAuthentication])
+    @action(
+        detail=True,
+        methods=["get"],
+        authentication_classes=[
+            PlatformJWTAuthentication,
+            SuperuserSessionAuthentication,
+            SignedLinkAuthentication,
+        ],
+    )
     def download(self, request: Request, pk: str) -> HttpResponse:
         backup = selectors.get_backup(pk)
         rel_path = request.query_params.get("file")
@@ -143,23 +158,29 @@ class BackupViewSet(viewsets.GenericViewSet):
         rel_path = request.query_params.get("file") or None
         token = make_link_token(backup_id=backup.id, user_id=_actor(request), file=rel_path)
         query = f"sig={quote(token)}" + (f"&file={quote(rel_path)}" if rel_path else "")
-        return Response({"url": f"/api/backup/{quote(backup.id)}/download?{query}",
-                         "expires_in": settings.DOWNLOAD_LINK_TTL})
+        return Response(
+            {
+                "url": f"/api/backup/{quote(backup.id)}/download?{query}",
+                "expires_in": settings.DOWNLOAD_LINK_TTL,
+            }
+        )
 
     @extend_schema(request=None, responses=BackupSerializer)
     @action(detail=True, methods=["post"])
     def pin(self, request: Request, pk: str) -> Response:
         backup = selectors.get_backup(pk)
-        backup = services.backup_set_pinned(backup_id=backup.id, pinned=True, actor=_actor(request),
-                                            ip=client_ip(request))
+        backup = services.backup_set_pinned(
+            backup_id=backup.id, pinned=True, actor=_actor(request), ip=client_ip(request)
+        )
         return Response(BackupSerializer(backup).data)
 
     @extend_schema(request=None, responses=BackupSerializer)
     @action(detail=True, methods=["post"])
     def unpin(self, request: Request, pk: str) -> Response:
         backup = selectors.get_backup(pk)
-        backup = services.backup_set_pinned(backup_id=backup.id, pinned=False, actor=_actor(request),
-                                            ip=client_ip(request))
+        backup = services.backup_set_pinned(
+            backup_id=backup.id, pinned=False, actor=_actor(request), ip=client_ip(request)
+        )
         return Response(BackupSerializer(backup).data)
 
 
@@ -181,8 +202,9 @@ async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 def _audit_download(request: Request, backup: Backup, details: dict[str, Any]) -> None:
     with transaction.atomic():
-        services.audit("backup.download", actor=_actor(request), target=backup.id, ip=client_ip(request),
-                       details=details)
+        services.audit(
+            "backup.download", actor=_actor(request), target=backup.id, ip=client_ip(request), details=details
+        )
 
 
 def _download_tar(request: Request, backup: Backup) -> HttpResponse:
@@ -192,8 +214,9 @@ def _download_tar(request: Request, backup: Backup) -> HttpResponse:
     except catalogue.BackupNotFound:
         raise services.NotFound("Backup not found.") from None
     _audit_download(request, backup, {"kind": "tar", "bytes": plan.content_length})
-    response = StreamingHttpResponse(_stream(catalogue.iter_tar_chunks(plan, CHUNK)),
-                                     content_type="application/x-tar")
+    response = StreamingHttpResponse(
+        _stream(catalogue.iter_tar_chunks(plan, CHUNK)), content_type="application/x-tar"
+    )
     response["Content-Length"] = str(plan.content_length)
     response["Content-Disposition"] = f'attachment; filename="{backup.id}.tar"'
     response["Cache-Control"] = "no-store"
@@ -274,16 +297,23 @@ def _download_file(request: Request, backup: Backup, rel_path: str) -> HttpRespo
             start, end = parsed
             code = 206
     length = max(0, end - start + 1)
-    _audit_download(request, backup, {"kind": "file", "path": rel_path, "range": [start, end] if code == 206
-                                      else None, "bytes": length})
+    _audit_download(
+        request,
+        backup,
+        {"kind": "file", "path": rel_path, "range": [start, end] if code == 206 else None, "bytes": length},
+    )
     if settings.DOWNLOAD_ACCEL_PREFIX:
         # nginx serves the bytes (sendfile, slow clients, ranges); the service only authorises.
         response = HttpResponse(content_type="application/octet-stream")
-        response["X-Accel-Redirect"] = (f"{settings.DOWNLOAD_ACCEL_PREFIX.rstrip('/')}/{quote(backup.id)}/"
-                                        f"{quote(rel_path)}")
+        response["X-Accel-Redirect"] = (
+            f"{settings.DOWNLOAD_ACCEL_PREFIX.rstrip('/')}/{quote(backup.id)}/{quote(rel_path)}"
+        )
     else:
-        response = StreamingHttpResponse(_stream(_read_range(path, stat, start, length)), status=code,
-                                         content_type="application/octet-stream")
+        response = StreamingHttpResponse(
+            _stream(_read_range(path, stat, start, length)),
+            status=code,
+            content_type="application/octet-stream",
+        )
         response["Content-Length"] = str(length)
         if code == 206:
             response["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -303,7 +333,7 @@ def _if_range_matches(if_range: str | None, etag: str, mtime: float) -> bool:
         return False
 
 
-# --- runs ------------------------------------------------------------------------------------------------------
+# --- runs -----------------------------------------------------------------------------------------
 
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -326,19 +356,22 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class CreateBackupView(APIView):
-    @extend_schema(request=CreateRunSerializer, responses={202: RunEnvelopeSerializer, 409: ConflictSerializer})
+    @extend_schema(
+        request=CreateRunSerializer, responses={202: RunEnvelopeSerializer, 409: ConflictSerializer}
+    )
     def post(self, request: Request) -> Response:
         body = request.data if request.data is not None else {}
         if not isinstance(body, dict):
             raise ParseError("The body must be a JSON object.")
         serializer = CreateRunSerializer(data=body)
         serializer.is_valid(raise_exception=True)
-        run = services.run_enqueue(actor=_actor(request), description=serializer.validated_data["description"],
-                                   ip=client_ip(request))
+        run = services.run_enqueue(
+            actor=_actor(request), description=serializer.validated_data["description"], ip=client_ip(request)
+        )
         return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
 
 
-# --- status, logs, config, script ----------------------------------------------------------------------------
+# --- status, logs, config, script -----------------------------------------------------------------
 
 
 class StatusView(APIView):
@@ -368,13 +401,19 @@ class ConfigView(APIView):
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def put(self, request: Request) -> Response:
-        return Response(services.config_update(document=request.data, actor=_actor(request), partial=False,
-                                               ip=client_ip(request)))
+        return Response(
+            services.config_update(
+                document=request.data, actor=_actor(request), partial=False, ip=client_ip(request)
+            )
+        )
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def patch(self, request: Request) -> Response:
-        return Response(services.config_update(document=request.data, actor=_actor(request), partial=True,
-                                               ip=client_ip(request)))
+        return Response(
+            services.config_update(
+                document=request.data, actor=_actor(request), partial=True, ip=client_ip(request)
+            )
+        )
 
 
 class TestScriptView(APIView):
@@ -384,9 +423,13 @@ class TestScriptView(APIView):
     def post(self, request: Request) -> Response:
         checks = script_checks()
         with transaction.atomic():
-            services.audit("script.test", actor=_actor(request), ip=client_ip(request),
-                           outcome="ok" if all(c["ok"] for c in checks) else "failed",
-                           details={"failed": [c["name"] for c in checks if not c["ok"]]})
+            services.audit(
+                "script.test",
+                actor=_actor(request),
+                ip=client_ip(request),
+                outcome="ok" if all(c["ok"] for c in checks) else "failed",
+                details={"failed": [c["name"] for c in checks if not c["ok"]]},
+            )
         return Response({"ok": all(check["ok"] for check in checks), "checks": checks})
 
 
@@ -402,27 +445,44 @@ def script_checks() -> list[dict[str, Any]]:
     exists = script.is_file()
     add("exists", exists, "the script is a file" if exists else "the script is missing")
     executable = exists and os.access(script, os.X_OK)
-    add("executable", executable, "the script is executable" if executable else "the script is not executable")
+    add(
+        "executable", executable, "the script is executable" if executable else "the script is not executable"
+    )
     if exists:
         try:
-            result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=15,
-                                    stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                ["bash", "-n", str(script)],
+                capture_output=True,
+                text=True,
+                timeout=15,
+                stdin=subprocess.DEVNULL,
+            )
             syntax_ok = result.returncode == 0
-            detail = "bash -n: no syntax errors" if syntax_ok else (
-                "bash -n: " + result.stderr.strip().replace(str(script), script.name)[:300])
+            detail = (
+                "bash -n: no syntax errors"
+                if syntax_ok
+                else ("bash -n: " + result.stderr.strip().replace(str(script), script.name)[:300])
+            )
         except (OSError, subprocess.TimeoutExpired) as error:
             syntax_ok, detail = False, f"bash -n could not run: {type(error).__name__}"
         add("syntax", syntax_ok, detail)
     else:
         add("syntax", False, "nothing to check")
     writable = _writable_dir(root)
-    add("backup_root_writable", writable, "the backup root is writable" if writable
-        else "the backup root is missing or not writable")
+    add(
+        "backup_root_writable",
+        writable,
+        "the backup root is writable" if writable else "the backup root is missing or not writable",
+    )
     if writable:
         total, free = catalogue.disk_usage(root)
         enough = free >= settings.MIN_FREE_BYTES
-        add("free_disk", enough, f"{free} of {total} bytes free" + ("" if enough else
-            f"; at least {settings.MIN_FREE_BYTES} bytes wanted"))
+        add(
+            "free_disk",
+            enough,
+            f"{free} of {total} bytes free"
+            + ("" if enough else f"; at least {settings.MIN_FREE_BYTES} bytes wanted"),
+        )
     else:
         add("free_disk", False, "unknown: the backup root is not usable")
     log_ok = _writable_file(log)
@@ -444,7 +504,7 @@ def _writable_file(path: Path) -> bool:
     return _writable_dir(path.parent)
 
 
-# --- health (no auth) ------------------------------------------------------------------------------------------
+# --- health (no auth) -----------------------------------------------------------------------------
 
 
 def health(request: Any) -> JsonResponse:

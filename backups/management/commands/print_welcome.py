@@ -26,19 +26,21 @@ class Command(BaseCommand):
         base = f"http://127.0.0.1:{settings.PORT}"
         token = issue_token("local-admin", ttl_seconds=86400)
         self.stdout.write(
-            "\n".join([
-                "",
-                f"  Dashboard   {base}/dashboard/   (login: admin / {password})",
-                f"  Admin       {base}/admin/",
-                f"  API docs    {base}/api/docs/",
-                f"  Health      {base}/health",
-                f"  WebSocket   ws://127.0.0.1:{settings.PORT}/backup-ws",
-                f"  Backups in  {settings.BACKUP_ROOT}",
-                "",
-                "  SUPER_ADMIN token (24 h):",
-                f"  {token}",
-                "",
-                f"  curl -H 'Authorization: Bearer {token[:16]}…' {base}/api/backup/status",
-                "",
-            ])
+            "\n".join(
+                [
+                    "",
+                    f"  Dashboard   {base}/dashboard/   (login: admin / {password})",
+                    f"  Admin       {base}/admin/",
+                    f"  API docs    {base}/api/docs/",
+                    f"  Health      {base}/health",
+                    f"  WebSocket   ws://127.0.0.1:{settings.PORT}/backup-ws",
+                    f"  Backups in  {settings.BACKUP_ROOT}",
+                    "",
+                    "  SUPER_ADMIN token (24 h):",
+                    f"  {token}",
+                    "",
+                    f"  curl -H 'Authorization: Bearer {token[:16]}…' {base}/api/backup/status",
+                    "",
+                ]
+            )
         )

@@ -30,7 +30,9 @@ class Command(BaseCommand):
             run = services.run_enqueue(actor="cli", description=description)
         except services.Conflict as error:
             current = error.extra.get("run")
-            raise CommandError(f"a backup is already queued or running ({current.id if current else '?'})") from None
+            raise CommandError(
+                f"a backup is already queued or running ({current.id if current else '?'})"
+            ) from None
         self.stdout.write(f"run {run.id} queued")
         worker = Worker(label="cli")
         if worker.hold_lease() and services.run_claim(run=run, worker=worker.id):
@@ -46,7 +48,9 @@ class Command(BaseCommand):
         else:
             self.follow(run.id)
         run.refresh_from_db()
-        self.stdout.write(f"\nrun {run.id} {run.status}" + (f": backup {run.backup_id}" if run.backup_id else ""))
+        self.stdout.write(
+            f"\nrun {run.id} {run.status}" + (f": backup {run.backup_id}" if run.backup_id else "")
+        )
         if run.status != RunStatus.SUCCEEDED:
             self.stderr.write(run.error or run.status)
             sys.exit(1)

@@ -61,20 +61,35 @@ class Command(BaseCommand):
         services.catalogue_sync()
         worker = None if no_worker else Worker(label="serve")
         config = uvicorn.Config(
-            "backup_platform.asgi:application", host=host, port=port, lifespan="off", log_config=None,
-            ws_ping_interval=settings.WS_PING_INTERVAL_SECONDS, ws_ping_timeout=settings.WS_PING_INTERVAL_SECONDS,
-            timeout_graceful_shutdown=10, proxy_headers=True, server_header=False, access_log=False,
+            "backup_platform.asgi:application",
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            ws_ping_interval=settings.WS_PING_INTERVAL_SECONDS,
+            ws_ping_timeout=settings.WS_PING_INTERVAL_SECONDS,
+            timeout_graceful_shutdown=10,
+            proxy_headers=True,
+            server_header=False,
+            access_log=False,
         )
         worker_thread: threading.Thread | None = None
 
         def shut_down() -> None:
-            logger.info("shutdown requested: no new runs; waiting for a running backup",
-                        extra={"grace_seconds": settings.SHUTDOWN_GRACE_SECONDS})
+            logger.info(
+                "shutdown requested: no new runs; waiting for a running backup",
+                extra={"grace_seconds": settings.SHUTDOWN_GRACE_SECONDS},
+            )
             if worker is not None and worker_thread is not None:
                 if worker.current_run is not None:
-                    events.broadcast(events.SYSTEM_NOTIFICATION, {"level": "warning", "message":
-                                     "The backup service is shutting down; waiting up to "
-                                     f"{settings.SHUTDOWN_GRACE_SECONDS} s for the running backup."})
+                    events.broadcast(
+                        events.SYSTEM_NOTIFICATION,
+                        {
+                            "level": "warning",
+                            "message": "The backup service is shutting down; waiting up to "
+                            f"{settings.SHUTDOWN_GRACE_SECONDS} s for the running backup.",
+                        },
+                    )
                 worker.request_shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + settings.BACKUP_KILL_GRACE_SECONDS + 15)
             events.drain(3)
@@ -88,8 +103,10 @@ class Command(BaseCommand):
             if worker is not None:
                 worker_thread = threading.Thread(target=worker.run_forever, name="backup-worker", daemon=True)
                 worker_thread.start()
-            self.stdout.write(f"Backup service on http://{host}:{port}/ (worker: "
-                              f"{'separate process' if no_worker else 'in this process'})")
+            self.stdout.write(
+                f"Backup service on http://{host}:{port}/ (worker: "
+                f"{'separate process' if no_worker else 'in this process'})"
+            )
             await server.serve()
 
         asyncio.run(main())
