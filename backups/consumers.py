@@ -119,7 +119,14 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
             await self._authenticate_with(lambda: auth.verify_token(token))
         elif event == "subscribe-backup-events":
             if not self.subscribed:
-                await self.channel_layer.group_add(events.GROUP, self.channel_name)
+                try:
+                    await self.channel_layer.group_add(events.GROUP, self.channel_name)
+                except Exception:  # the layer (Redis) is down: say so; the client reconnects later
+                    logger.warning("channel layer unavailable on subscribe", exc_info=True)
+                    await self.send_json({"event": "error", "data": {"message": "live events are "
+                                          "unavailable right now; reconnect in a few seconds"}})
+                    await self.close(code=1011)
+                    return
                 self.subscribed = True
             await self.send_json({"event": "subscribed", "data": {}})
         elif event == "get-realtime-status":

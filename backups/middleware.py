@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_ratelimit.core import get_usage
 
@@ -88,4 +89,24 @@ class RateLimitMiddleware:
         if usage:
             response["X-RateLimit-Limit"] = str(usage["limit"])
             response["X-RateLimit-Remaining"] = str(max(0, usage["limit"] - usage["count"]))
+        return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A database outage (PostgreSQL restarting) is a 503 with Retry-After, not a 500: clients retry,
+    and the next request reconnects (CONN_HEALTH_CHECKS) without restarting the service."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        logger.error("database unavailable: %s", type(exception).__name__)
+        response = JsonResponse({"detail": "The database is unavailable; try again in a few seconds."},
+                                status=503)
+        response["Retry-After"] = "5"
         return response

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -449,10 +450,8 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
                 triggered_by=str(meta.get("triggered_by", ""))[:200],
                 size_bytes=found.size_bytes,
                 file_count=len(found.files),
-                files=[{"path": f.path, "size_bytes": f.size_bytes} for f in found.files],
-                run_id=meta.get("run_id")
-                if Run.objects.filter(id=meta.get("run_id") or None).exists()
-                else None,
+                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
+                run_id=_known_run_id(meta.get("run_id")),
                 signature=found.signature,
                 synced_at=timezone.now(),
             )
@@ -484,6 +483,22 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
             )
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+
+
+def _printable(path: str) -> str:
+    """A file name that is not UTF-8 (kept by the walk as surrogate escapes) shown with \\x escapes: a
+    JSON column, PostgreSQL's above all, cannot store lone surrogates."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _known_run_id(run_id: Any) -> str | None:
+    """The metadata's run, if this database knows it (after a rebuild it may not)."""
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    try:
+        return run_id if Run.objects.filter(id=run_id).exists() else None
+    except (ValueError, ValidationError):
+        return None
 
 
 def _sync_latest_flag(root: Path) -> None:

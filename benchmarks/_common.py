@@ -265,6 +265,8 @@ class Report:
         lines += [f"| {what} | {figure} | {goal} | {met} |" for what, figure, goal, met in self.rows]
         lines.append("")
         lines += [f"- {note}" for note in self.notes]
+        load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        lines.append(f"- load average at the end (1/5/15 min, {os.cpu_count()} CPUs): {load}")
         lines.append(f"- command: `{command_line()}` (cwd {PROJECT})")
         return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.test import Client
@@ -21,8 +22,12 @@ from tests.conftest import make_backup
 pytestmark = pytest.mark.django_db
 
 OLD, NEW = "backup-20260101_030000", "backup-20260102_030000"
-CHANGELISTS = ["admin:backups_backup_changelist", "admin:backups_run_changelist",
-               "admin:backups_backupconfig_changelist", "admin:backups_auditevent_changelist"]
+CHANGELISTS = [
+    "admin:backups_backup_changelist",
+    "admin:backups_run_changelist",
+    "admin:backups_backupconfig_changelist",
+    "admin:backups_auditevent_changelist",
+]
 
 
 @pytest.fixture
@@ -65,7 +70,7 @@ def test_staff_non_superuser_is_refused(staff_client: Client, name: str) -> None
 def test_staff_non_superuser_cannot_start_or_open_rows(staff_client: Client, two_backups: Path) -> None:
     assert staff_client.get(reverse("admin:backups_run_start")).status_code == 403
     assert staff_client.post(reverse("admin:backups_run_start")).status_code == 403
-    assert staff_client.get(reverse("admin:backups_backup_change", args=[OLD])).status_code == 403
+    assert staff_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)])).status_code == 403
     assert not Run.objects.exists()
     index = staff_client.get(reverse("admin:index"))
     assert index.status_code == 200
@@ -96,18 +101,30 @@ def test_backup_changelist_shows_what_is_on_disk(admin_client: Client, two_backu
         assert backup_id in html
     assert "2.9\xa0KB" in html  # filesizeformat of the 3000-byte dump
     assert "completed" in html
+    assert ">latest</span>" in html
 
 
-@pytest.mark.parametrize("query", ["?status__exact=completed", "?type__exact=external", "?pinned__exact=1",
-                                   "?q=20260102", "?created_at__year=2026", "?o=4"])
-def test_backup_changelist_filters_search_and_sorting(admin_client: Client, two_backups: Path,
-                                                      query: str) -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?status__exact=completed",
+        "?type__exact=external",
+        "?pinned__exact=1",
+        "?q=20260102",
+        "?created_at__year=2026",
+        "?o=4",
+    ],
+)
+def test_backup_changelist_filters_search_and_sorting(
+    admin_client: Client, two_backups: Path, query: str
+) -> None:
     assert admin_client.get(reverse("admin:backups_backup_changelist") + query).status_code == 200
 
 
-def test_backup_change_page_is_read_only_with_files_and_download(admin_client: Client,
-                                                                 two_backups: Path) -> None:
-    response = admin_client.get(reverse("admin:backups_backup_change", args=[OLD]))
+def test_backup_change_page_is_read_only_with_files_and_download(
+    admin_client: Client, two_backups: Path
+) -> None:
+    response = admin_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)]))
     html = response.content.decode()
     assert response.status_code == 200
     assert "configs/app.env" in html
@@ -117,15 +134,16 @@ def test_backup_change_page_is_read_only_with_files_and_download(admin_client: C
 
 def test_backups_cannot_be_added_or_edited_by_hand(admin_client: Client, two_backups: Path) -> None:
     assert admin_client.get(reverse("admin:backups_backup_add")).status_code == 403
-    change_url = reverse("admin:backups_backup_change", args=[OLD])
+    change_url = reverse("admin:backups_backup_change", args=[quote(OLD)])
     response = admin_client.post(change_url, {"description": "hacked"})
     assert response.status_code == 403
-    assert admin_client.get(reverse("admin:backups_backup_delete", args=[OLD])).status_code == 403
+    assert admin_client.get(reverse("admin:backups_backup_delete", args=[quote(OLD)])).status_code == 403
     assert Backup.objects.get(id=OLD).description == ""
 
 
-def test_download_link_of_a_row_downloads_that_backup(admin_client: Client, client: Client,
-                                                      two_backups: Path) -> None:
+def test_download_link_of_a_row_downloads_that_backup(
+    admin_client: Client, client: Client, two_backups: Path
+) -> None:
     html = admin_client.get(reverse("admin:backups_backup_changelist")).content.decode()
     link = re.search(rf'href="(/api/backup/{OLD}/download\?sig=[^"]+)"', html).group(1).replace("&amp;", "&")
     response = client.get(link)  # no session, no token: the signature alone
@@ -135,7 +153,8 @@ def test_download_link_of_a_row_downloads_that_backup(admin_client: Client, clie
 
 
 def test_delete_asks_for_confirmation_then_removes_the_folder_and_repoints_latest(
-        admin_client: Client, two_backups: Path) -> None:
+    admin_client: Client, two_backups: Path
+) -> None:
     confirm = run_action(admin_client, "delete_backups", [NEW])
     assert confirm.status_code == 200
     assert "Are you sure" in confirm.content.decode()
@@ -152,8 +171,9 @@ def test_delete_asks_for_confirmation_then_removes_the_folder_and_repoints_lates
     assert any(NEW in message for message in messages_of(response))
 
 
-def test_delete_of_a_pinned_backup_is_refused_and_nothing_is_deleted(admin_client: Client,
-                                                                     two_backups: Path) -> None:
+def test_delete_of_a_pinned_backup_is_refused_and_nothing_is_deleted(
+    admin_client: Client, two_backups: Path
+) -> None:
     Backup.objects.filter(id=OLD).update(pinned=True)
     for extra in ({}, {"post": "yes"}):
         response = run_action(admin_client, "delete_backups", [OLD, NEW], **extra)
@@ -209,8 +229,9 @@ def test_start_backup_refuses_a_description_the_api_refuses(admin_client: Client
     assert not Run.objects.exists()
 
 
-def test_run_changelist_offers_start_and_cancel_of_the_current_run(admin_client: Client,
-                                                                   backup_root: Path) -> None:
+def test_run_changelist_offers_start_and_cancel_of_the_current_run(
+    admin_client: Client, backup_root: Path
+) -> None:
     run = Run.objects.create(triggered_by="admin")
     html = admin_client.get(reverse("admin:backups_run_changelist")).content.decode()
     assert reverse("admin:backups_run_start") in html
@@ -233,8 +254,9 @@ def test_cancel_the_current_run_after_confirmation(admin_client: Client, backup_
 
 def test_cancel_of_a_running_run_flags_it_for_the_worker(admin_client: Client, backup_root: Path) -> None:
     run = Run.objects.create(triggered_by="admin", status=RunStatus.RUNNING)
-    admin_client.post(reverse("admin:backups_run_changelist"),
-                      {"action": "cancel_runs", "_selected_action": [str(run.id)]})
+    admin_client.post(
+        reverse("admin:backups_run_changelist"), {"action": "cancel_runs", "_selected_action": [str(run.id)]}
+    )
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.cancel_requested
 
@@ -248,8 +270,13 @@ def test_cancel_of_an_ended_run_is_refused_with_a_message(admin_client: Client, 
 
 
 def test_run_pages_render_and_are_read_only(admin_client: Client, backup_root: Path) -> None:
-    run = Run.objects.create(triggered_by="schedule", status=RunStatus.FAILED, backup_id=OLD,
-                             error="❌ ERROR: pg_dump failed", output="out: [1/7] start\nerr: boom")
+    run = Run.objects.create(
+        triggered_by="schedule",
+        status=RunStatus.FAILED,
+        backup_id=OLD,
+        error="❌ ERROR: pg_dump failed",
+        output="out: [1/7] start\nerr: boom",
+    )
     html = admin_client.get(reverse("admin:backups_run_change", args=[run.id])).content.decode()
     assert "pg_dump failed" in html and "[1/7] start" in html
     assert 'name="_save"' not in html
@@ -266,8 +293,13 @@ def test_run_pages_render_and_are_read_only(admin_client: Client, backup_root: P
 
 def config_form(**changes: object) -> dict[str, object]:
     form: dict[str, object] = {
-        "enabled": "on", "schedule": "0 3 * * *", "retention_daily": "7", "retention_weekly": "4",
-        "retention_monthly": "12", "compression": "on", "webhook": "",
+        "enabled": "on",
+        "schedule": "0 3 * * *",
+        "retention_daily": "7",
+        "retention_weekly": "4",
+        "retention_monthly": "12",
+        "compression": "on",
+        "webhook": "",
         "components": ["databases", "applicationFiles", "uploads", "configs", "nginx", "ssl", "systemInfo"],
     }
     form.update(changes)
@@ -287,14 +319,18 @@ def test_config_changelist_opens_the_single_form(admin_client: Client) -> None:
     assert 'value="0 3 * * *"' in form.content.decode()
 
 
-@pytest.mark.parametrize(("changes", "field", "message"), [
-    ({"schedule": "61 * * * *"}, "schedule", "is not a valid cron expression"),
-    ({"schedule": "every day"}, "schedule", "5-field cron expression"),
-    ({"retention_daily": "1001"}, "retention_daily", "Must be between 0 and 1000."),
-    ({"webhook": "ftp://example.org/hook"}, "webhook", "Must be an http(s) URL."),
-])
-def test_bad_config_is_a_form_error_and_changes_nothing(admin_client: Client, changes: dict, field: str,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"schedule": "61 * * * *"}, "schedule", "is not a valid cron expression"),
+        ({"schedule": "every day"}, "schedule", "5-field cron expression"),
+        ({"retention_daily": "1001"}, "retention_daily", "Must be between 0 and 1000."),
+        ({"webhook": "ftp://example.org/hook"}, "webhook", "Must be an http(s) URL."),
+    ],
+)
+def test_bad_config_is_a_form_error_and_changes_nothing(
+    admin_client: Client, changes: dict, field: str, message: str
+) -> None:
     response = admin_client.post(config_url(), config_form(**changes))
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -304,10 +340,17 @@ def test_bad_config_is_a_form_error_and_changes_nothing(admin_client: Client, ch
 
 
 def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
-    response = admin_client.post(config_url(), config_form(
-        enabled=None, schedule="30 2 * * 1-5", retention_daily="3", encryption="on",
-        webhook="https://hooks.example.org/backups", components=["databases", "configs"],
-    ))
+    response = admin_client.post(
+        config_url(),
+        config_form(
+            enabled=None,
+            schedule="30 2 * * 1-5",
+            retention_daily="3",
+            encryption="on",
+            webhook="https://hooks.example.org/backups",
+            components=["databases", "configs"],
+        ),
+    )
     assert response.status_code == 302
     document = BackupConfig.load().document
     assert document["enabled"] is False

@@ -257,3 +257,11 @@ def test_backups_survive_a_lost_database(api, three):
 
     selectors._seen_root_signature = None
     assert listed(api)["count"] == 3
+
+
+def test_file_names_that_are_not_utf8_are_listed_escaped(api, backup_root):
+    folder = make_backup(backup_root, OLD)
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.sql"), "wb") as handle:
+        handle.write(b"x")
+    paths = [f["path"] for f in api.get(f"/api/backup/{OLD}").json()["files"]]
+    assert "caf\\xe9.sql" in paths

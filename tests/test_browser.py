@@ -23,27 +23,40 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = PROJECT / "docs" / "dashboard.png"
 USERNAME, PASSWORD = "root", "a-long-browser-test-password"
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--window-size=1280,900")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+)
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        pytest.skip(f"needs headless Chromium: {', '.join(missing)} missing "
-                    "(apt-get install -y chromium chromium-driver)")
+        pytest.skip(
+            f"needs headless Chromium: {', '.join(missing)} missing "
+            "(apt-get install -y chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
     # The window size includes room for browser chrome even headless; the page itself gets exactly this.
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+    )
     try:
         yield driver
     finally:
@@ -72,26 +85,37 @@ def older_backups(root: Path) -> set[str]:
 
 def new_completed_backup(driver: webdriver.Chrome, known: set[str]) -> str | None:
     # One script: the table is re-rendered from the API while the run goes on.
-    return driver.execute_script("""
+    return driver.execute_script(
+        """
         for (const row of document.querySelectorAll("#backups-table tbody tr[data-backup-id]")) {
             const done = row.querySelector('.bd-badge[data-status="completed"]');
             if (done && !arguments[0].includes(row.dataset.backupId)) return row.dataset.backupId;
         }
-        return null;""", sorted(known))
+        return null;""",
+        sorted(known),
+    )
 
 
 def progress_of(driver: webdriver.Chrome) -> int:
     return int(driver.find_element(By.ID, "progress-bar").get_attribute("aria-valuenow"))
 
 
-def test_back_up_from_the_dashboard_then_delete_from_the_admin(start_server, browser: webdriver.Chrome,
-                                                               tmp_path: Path) -> None:
+def test_back_up_from_the_dashboard_then_delete_from_the_admin(
+    start_server, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
     backup_sources(tmp_path)
     known = older_backups(tmp_path / "backups")
     # 0.6 s between the script's 7 steps: a few seconds of visible progress.
     server = start_server(BACKUP_STEP_DELAY="0.6")
-    created = manage({**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD}, "createsuperuser", "--noinput",
-                     "--username", USERNAME, "--email", "root@example.org")
+    created = manage(
+        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        USERNAME,
+        "--email",
+        "root@example.org",
+    )
     assert created.returncode == 0, created.stderr[-2000:]
     wait = WebDriverWait(browser, 20)
 
@@ -100,6 +124,10 @@ def test_back_up_from_the_dashboard_then_delete_from_the_admin(start_server, bro
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "ws-state"), "Live"))
+    header = browser.execute_script(
+        "return getComputedStyle(document.getElementById('header')).backgroundColor"
+    )
+    assert header not in ("rgba(0, 0, 0, 0)", "transparent"), "the admin's CSS is not served under /static/"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#backups-table tbody tr")) == len(known)
     # Survives only if the page is never reloaded: everything below must arrive live.
     browser.execute_script("window.__sameDocument = true;")
@@ -136,3 +164,7 @@ def test_back_up_from_the_dashboard_then_delete_from_the_admin(start_server, bro
     message = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     assert backup_id in message.text
     assert not folder.exists()
+    errors = [
+        entry["message"] for entry in browser.get_log("browser") if "favicon.ico" not in entry["message"]
+    ]
+    assert errors == []

@@ -67,8 +67,15 @@ def test_dashboard_renders_for_a_superuser(admin_client: Client, backups_on_disk
     response = admin_client.get(reverse("dashboard"))
     html = response.content.decode()
     assert response.status_code == 200
-    for element in ('id="backup-now"', 'id="cancel-run"', 'id="progress-bar"', 'aria-valuenow="0"',
-                    'id="progress-percent"', 'id="backups-table"', 'id="ws-state"'):
+    for element in (
+        'id="backup-now"',
+        'id="cancel-run"',
+        'id="progress-bar"',
+        'aria-valuenow="0"',
+        'id="progress-percent"',
+        'id="backups-table"',
+        'id="ws-state"',
+    ):
         assert element in html
     assert "Beauty Platform — Backups" in html  # it is an admin page
     state = embedded_state(html)
@@ -80,8 +87,12 @@ def test_dashboard_renders_for_a_superuser(admin_client: Client, backups_on_disk
 
 @pytest.mark.django_db
 def test_dashboard_shows_the_error_of_a_failed_run(admin_client: Client, backup_root: Path) -> None:
-    Run.objects.create(triggered_by="schedule", status=RunStatus.FAILED, exit_code=3,
-                       error="❌ ERROR: pg_dump failed (line 212)")
+    Run.objects.create(
+        triggered_by="schedule",
+        status=RunStatus.FAILED,
+        exit_code=3,
+        error="❌ ERROR: pg_dump failed (line 212)",
+    )
     state = embedded_state(admin_client.get(reverse("dashboard")).content.decode())
     assert state["last_run"]["status"] == "failed"
     assert state["last_run"]["error"] == "❌ ERROR: pg_dump failed (line 212)"
@@ -107,8 +118,9 @@ def test_root_redirects_to_the_dashboard(client: Client) -> None:
 
 
 @pytest.mark.django_db
-def test_back_up_now_works_with_the_session_and_needs_the_csrf_token(admin_user: User,
-                                                                    backup_root: Path) -> None:
+def test_back_up_now_works_with_the_session_and_needs_the_csrf_token(
+    admin_user: User, backup_root: Path
+) -> None:
     """What the page's "Back up now" button does: a session POST with the CSRF token in a header."""
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(admin_user)
@@ -119,12 +131,20 @@ def test_back_up_now_works_with_the_session_and_needs_the_csrf_token(admin_user:
     assert refused.status_code == 403
     assert not Run.objects.exists()
 
-    accepted = browser.post("/api/backup/create", {"type": "manual"}, content_type="application/json",
-                            headers={"X-CSRFToken": token})
+    accepted = browser.post(
+        "/api/backup/create",
+        {"type": "manual"},
+        content_type="application/json",
+        headers={"X-CSRFToken": token},
+    )
     assert accepted.status_code == 202
     assert accepted.json()["run"]["triggered_by"] == "admin"
-    cancel = browser.post(f"/api/backup/runs/{accepted.json()['run']['id']}/cancel", {},
-                          content_type="application/json", headers={"X-CSRFToken": token})
+    cancel = browser.post(
+        f"/api/backup/runs/{accepted.json()['run']['id']}/cancel",
+        {},
+        content_type="application/json",
+        headers={"X-CSRFToken": token},
+    )
     assert cancel.status_code == 202
 
 
@@ -153,8 +173,9 @@ def staff_cookie(staff_user: User) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_websocket_accepts_a_superuser_session_without_a_token(superuser_cookie: str,
-                                                                     backup_root: Path) -> None:
+async def test_websocket_accepts_a_superuser_session_without_a_token(
+    superuser_cookie: str, backup_root: Path
+) -> None:
     ws = communicator(superuser_cookie)
     connected, _ = await ws.connect()
     assert connected
@@ -168,8 +189,10 @@ async def test_websocket_accepts_a_superuser_session_without_a_token(superuser_c
     # A backup queued elsewhere (the admin, the API) reaches the page as it happens.
     await database_sync_to_async(services.run_enqueue)(actor="admin")
     notification = await ws.receive_json_from(timeout=5)
-    assert notification == {"event": "system-notification",
-                            "data": {"level": "info", "message": "Backup queued by admin."}}
+    assert notification == {
+        "event": "system-notification",
+        "data": {"level": "info", "message": "Backup queued by admin."},
+    }
     await ws.disconnect()
 
 
@@ -187,8 +210,9 @@ async def test_websocket_refuses_a_staff_session(staff_cookie: str) -> None:
 
 
 @pytest.mark.django_db
-def test_the_dashboards_link_downloads_without_a_session(admin_client: Client, client: Client,
-                                                         backups_on_disk: Path) -> None:
+def test_the_dashboards_link_downloads_without_a_session(
+    admin_client: Client, client: Client, backups_on_disk: Path
+) -> None:
     state = embedded_state(admin_client.get(reverse("dashboard")).content.decode())
     response = client.get(state["backups"][1]["download_url"])
     assert response.status_code == 200
@@ -198,8 +222,9 @@ def test_the_dashboards_link_downloads_without_a_session(admin_client: Client, c
 
 
 @pytest.mark.django_db
-def test_download_link_endpoint_gives_a_working_link(admin_client: Client, client: Client,
-                                                     backups_on_disk: Path) -> None:
+def test_download_link_endpoint_gives_a_working_link(
+    admin_client: Client, client: Client, backups_on_disk: Path
+) -> None:
     answer = admin_client.post(f"/api/backup/{A}/download-link")
     assert answer.status_code == 200
     assert answer.json()["expires_in"] == 300
@@ -207,8 +232,9 @@ def test_download_link_endpoint_gives_a_working_link(admin_client: Client, clien
 
 
 @pytest.mark.django_db
-def test_a_link_for_one_backup_does_not_open_another(client: Client, admin_user: User,
-                                                     backups_on_disk: Path) -> None:
+def test_a_link_for_one_backup_does_not_open_another(
+    client: Client, admin_user: User, backups_on_disk: Path
+) -> None:
     link_for_a = signed_download_url(A, admin_user)
     signature = link_for_a.split("?", 1)[1]
     response = client.get(f"/api/backup/{B}/download?{signature}")
@@ -217,8 +243,9 @@ def test_a_link_for_one_backup_does_not_open_another(client: Client, admin_user:
 
 
 @pytest.mark.django_db
-def test_an_expired_link_is_refused(client: Client, admin_user: User, backups_on_disk: Path,
-                                    monkeypatch: pytest.MonkeyPatch, settings) -> None:
+def test_an_expired_link_is_refused(
+    client: Client, admin_user: User, backups_on_disk: Path, monkeypatch: pytest.MonkeyPatch, settings
+) -> None:
     settings.DOWNLOAD_LINK_TTL = 300
     signed_earlier = time.time() - 301
     with monkeypatch.context() as patch:

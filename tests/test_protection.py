@@ -103,3 +103,17 @@ def test_env_file_is_read_and_the_real_environment_wins(tmp_path):
     finally:
         env_file.unlink()
     assert done.stdout.split() == ["7/1m", "7100"], done.stderr
+
+
+def test_a_database_outage_is_503_not_500(api, backup_root, monkeypatch):
+    from django.db import OperationalError
+
+    from backups import selectors
+
+    def down() -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(selectors, "status_document", down)
+    response = api.get("/api/backup/status")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert "unavailable" in response.json()["detail"]
