@@ -47,8 +47,12 @@ if [ -f {tmp_path}/slow ]; then sleep 300 & wait; fi
 echo "[2/2] done"
 """)
     script.chmod(0o755)
-    env = server_env(tmp_path, DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}",
-                     REDIS_URL="redis://127.0.0.1:6379/6", BACKUP_SCRIPT=str(script))
+    env = server_env(
+        tmp_path,
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}",
+        REDIS_URL="redis://127.0.0.1:6379/6",
+        BACKUP_SCRIPT=str(script),
+    )
     done = manage(env, "migrate", "--noinput")
     assert done.returncode == 0, done.stderr[-2000:]
     yield env
@@ -58,8 +62,14 @@ echo "[2/2] done"
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "manage.py", "backup_worker"], cwd=PROJECT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "backup_worker"],
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_run(server, token: str, run_id: str, statuses: set[str], timeout: float = 30) -> dict:
@@ -81,6 +91,7 @@ def test_a_run_created_on_one_process_is_run_by_the_worker_and_seen_on_another(
     worker = start_worker(production_env, tmp_path / "worker.log")
     token = token_for(first)
     try:
+
         async def scenario() -> list[dict]:
             ws = await subscribe(second.ws, token)
             status, _, body = call(first, "POST", "/api/backup/create", token, {"description": "across"})
@@ -101,7 +112,9 @@ def test_a_run_created_on_one_process_is_run_by_the_worker_and_seen_on_another(
         worker.wait(30)
 
 
-def test_a_second_worker_waits_and_takes_over_when_the_first_is_killed(production_env, start_server, tmp_path):
+def test_a_second_worker_waits_and_takes_over_when_the_first_is_killed(
+    production_env, start_server, tmp_path
+):
     (tmp_path / "slow").touch()
     web = start_server("--no-worker", env=production_env, migrate=False)
     token = token_for(web)
