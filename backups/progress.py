@@ -336,6 +336,15 @@ _ERROR_SIGNS = "❌✗✘✖⛔🛑"
 _ERROR_SIGN_RE = re.compile(_PREFIX + rf"[{_ERROR_SIGNS}]", re.VERBOSE)
 
 
+# Cheap hints, checked once per batch of lines: a batch without any cannot hold an error or a marker.
+ERROR_HINTS = (*_ERROR_WORDS, *_ERROR_SIGNS)
+MARKER_HINTS = ("%", "/", "step", "progress")
+
+
+def may_hold(hints: tuple[str, ...], lowered_text: str) -> bool:
+    return any(hint in lowered_text for hint in hints)
+
+
 def is_error_line(line: str) -> bool:
     """True for lines that look like errors: ERROR / FATAL / FAILED / CRITICAL / Traceback /
     ``No space left on device`` / ``Permission denied`` / ``command not found`` (case-insensitive, whole

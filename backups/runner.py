@@ -121,6 +121,10 @@ class OutputBuffer:
         return self._total
 
     @property
+    def head_lines(self) -> int:
+        return self._head_limit
+
+    @property
     def dropped_lines(self) -> int:
         return self._total - len(self._head) - len(self._tail)
 

@@ -52,6 +52,17 @@ def ensure_catalogue_fresh() -> None:
         _seen_root_signature = signature
 
 
+def sync_catalogue() -> dict[str, int]:
+    """A full sync that also counts as this process having looked (the worker's start-up and periodic
+    syncs, so the first list request after them does not walk the root again)."""
+    global _seen_root_signature
+    with _sync_lock:
+        signature = _root_signature(Path(settings.BACKUP_ROOT))
+        result = services.catalogue_sync()
+        _seen_root_signature = signature
+    return result
+
+
 def latest_backup() -> Backup | None:
     """The target of `latest`: the link when it names a completed backup, else the newest completed."""
     backup = Backup.objects.filter(is_latest=True, status=BackupStatus.COMPLETED).first()

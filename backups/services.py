@@ -4,13 +4,13 @@ transaction and announces itself to the WebSocket clients only once committed.""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -451,11 +451,21 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
                 size_bytes=found.size_bytes,
                 file_count=len(found.files),
                 files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
-                run_id=_known_run_id(meta.get("run_id")),
+                run_id=meta.get("run_id") if isinstance(meta.get("run_id"), str) else None,
                 signature=found.signature,
                 synced_at=timezone.now(),
             )
         )
+
+    # The metadata may name runs this database does not know (after a rebuild): link only known ones,
+    # found with one query rather than one per folder.
+    named = {backup.run_id for backup in scanned if backup.run_id}
+    known_runs = {
+        str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
+    }
+    for backup in scanned:
+        if backup.run_id and str(backup.run_id) not in known_runs:
+            backup.run_id = None
 
     gone = set(known) - set(folders)
     with transaction.atomic():
@@ -491,14 +501,14 @@ def _printable(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _known_run_id(run_id: Any) -> str | None:
-    """The metadata's run, if this database knows it (after a rebuild it may not)."""
-    if not isinstance(run_id, str) or not run_id:
-        return None
-    try:
-        return run_id if Run.objects.filter(id=run_id).exists() else None
-    except (ValueError, ValidationError):
-        return None
+def _valid_uuids(values: Iterable[str]) -> list[uuid.UUID]:
+    valid = []
+    for value in values:
+        try:
+            valid.append(uuid.UUID(value))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return valid
 
 
 def _sync_latest_flag(root: Path) -> None:

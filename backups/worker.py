@@ -135,7 +135,7 @@ class Worker:
     def on_acquired(self) -> None:
         catalogue.purge_leftovers(Path(settings.BACKUP_ROOT))
         self.recover_orphans()
-        services.catalogue_sync()
+        selectors.sync_catalogue()
         self.last_sync = time.monotonic()
 
     # --- steps ------------------------------------------------------------------------------------
@@ -205,16 +205,37 @@ class Worker:
 
     def periodic_sync(self) -> None:
         if time.monotonic() - self.last_sync >= settings.CATALOGUE_SYNC_SECONDS:
-            services.catalogue_sync()
+            selectors.sync_catalogue()
             self.last_sync = time.monotonic()
 
     # --- one run ----------------------------------------------------------------------------------
 
     def execute(self, run: Run) -> Run:
-        """Run the script for a claimed run and record how it ended. Never raises for a script failure."""
+        """Run the script for a claimed run and record how it ended. Never raises: a bug of the service
+        itself ends the run as failed (its script's group ended) rather than leave it `running`."""
         self.current_run = run
         try:
             return RunExecution(self, run).execute()
+        except Exception:
+            logger.exception("run failed inside the service", extra={"run_id": str(run.id)})
+            run.refresh_from_db()
+            if run.pgid and runner.group_alive(run.pgid):
+                runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+            if run.status == RunStatus.RUNNING:
+                return self._finish(
+                    run,
+                    services.RunEnd(
+                        status=RunStatus.FAILED,
+                        exit_code=None,
+                        output=run.output,
+                        output_lines=run.output_lines,
+                        error="The backup service failed while following this run; see the service log.",
+                    ),
+                    run.progress_percent,
+                    "failed",
+                    run.progress_message,
+                )
+            return run
         finally:
             self.current_run = None
 
@@ -343,21 +364,34 @@ class RunExecution:
         services.run_set_process(run=self.run, pgid=pid)
 
     def on_lines(self, batch: list[tuple[str, str]]) -> None:
-        for stream, line in batch:
-            self.tracker.feed_line(line)
-            if progress.is_error_line(line) or (stream == "err" and line.strip()):
-                cleaned = progress.clean_line(line)
-                if cleaned:
-                    self.error_lines.append(cleaned[:500])
-                    if "no space left on device" in cleaned.lower():
-                        self.disk_full = True
-            if self.folder_named is None and "backup-" in line:
-                name = progress.find_backup_folder(line)
+        # Called for every chunk the script prints (a million lines a run is possible): look at the
+        # batch as one text first, and only walk its lines for what the text may hold.
+        lowered = "\n".join(line for _, line in batch).lower()
+        if progress.may_hold(progress.MARKER_HINTS, lowered):
+            for _, line in batch:
+                if progress.may_hold(progress.MARKER_HINTS, line.lower()):
+                    self.tracker.feed_line(line)
+        self.tracker.feed_line(batch[-1][1])  # the newest line is the message
+        if progress.may_hold(progress.ERROR_HINTS, lowered) or any(stream == "err" for stream, _ in batch):
+            for stream, line in batch:
+                if (stream == "err" and line.strip()) or progress.is_error_line(line):
+                    self.note_error(line)
+        if self.folder_named is None and "backup-" in lowered:
+            for _, line in batch:
+                name = progress.find_backup_folder(line) if "backup-" in line else None
                 if name and name not in self.folders_before:
                     self.folder_named = name
+                    break
         if not self.run.backup_id and self.folder_named:
             self.discover_folder()
         self.publish()
+
+    def note_error(self, line: str) -> None:
+        cleaned = progress.clean_line(line)
+        if cleaned:
+            self.error_lines.append(cleaned[:500])
+            if "no space left on device" in cleaned.lower():
+                self.disk_full = True
 
     def on_tick(self, elapsed: float) -> None:
         if not self.run.backup_id:

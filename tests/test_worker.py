@@ -318,3 +318,33 @@ def test_run_backup_command_exits_zero_only_on_success(backup_root, tmp_path, se
 
 def test_signal_names(worker):
     assert signal.SIGTERM  # keeps the import honest for the kill tests above
+
+
+def test_a_loud_script_keeps_head_and_tail_of_its_output(worker, tmp_path, settings):
+    settings.BACKUP_SCRIPT = script(tmp_path, """
+d="$BACKUP_ROOT/backup-20990101_000002"; mkdir -p "$d"
+echo "[1/2] start"; seq 1 200000; echo "[2/2] end"; echo "an ERROR worth keeping" >&2; echo last
+""")
+    run = run_once(worker)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.output_lines == 200004 and run.progress_percent == 100
+    lines = run.output.splitlines()
+    assert lines[0] == "out: [1/2] start"
+    # stdout and stderr are two pipes: their last lines may arrive in either order
+    assert set(lines[-2:]) == {"out: last", "err: an ERROR worth keeping"}
+    assert any("lines omitted" in line for line in lines) and len(lines) <= 1201
+
+
+def test_a_bug_while_following_a_run_fails_it_and_ends_its_group(worker, tmp_path, settings, monkeypatch):
+    from backups.worker import RunExecution
+
+    settings.BACKUP_SCRIPT = script(tmp_path, "sleep 300 & echo '[1/2] x'; sleep 300\n")
+
+    def broken(self, batch):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(RunExecution, "on_lines", broken)
+    run = run_once(worker)
+    assert run.status == RunStatus.FAILED and "failed while following" in run.error
+    assert run.pgid is None
+    assert services.run_enqueue(actor="next").status == RunStatus.QUEUED

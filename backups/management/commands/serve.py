@@ -17,7 +17,7 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from backups import events, services
+from backups import events
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ class Command(BaseCommand):
     def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
         from backups.worker import Worker
 
-        services.catalogue_sync()
         worker = None if no_worker else Worker(label="serve")
         config = uvicorn.Config(
             "backup_platform.asgi:application",
