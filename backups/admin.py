@@ -24,9 +24,9 @@ from django.utils.safestring import SafeString
 from backups import selectors, services
 from backups.api.errors import client_ip
 from backups.auth import actor_of
+from backups.download_links import signed_download_url
 from backups.forms import BackupConfigForm, StartBackupForm
 from backups.models import AuditEvent, Backup, BackupConfig, Run
-from backups.views import signed_download_url
 
 admin.site.site_header = "Beauty Platform — Backups"
 admin.site.site_title = "Beauty Platform backups"

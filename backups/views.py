@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
-
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import render
-from django.urls import reverse
 
 from backups import selectors
 from backups.api.serializers import BackupListSerializer, RunSerializer
-from backups.auth import actor_of
-from backups.download_links import make_link_token
+from backups.download_links import signed_download_url
 from backups.models import Backup, BackupStatus, Run
 
 RECENT_BACKUPS = 20
-
-
-def signed_download_url(backup_id: str, user: Any) -> str:
-    """A link a browser can follow without an Authorization header: bound to this backup and user,
-    valid DOWNLOAD_LINK_TTL seconds."""
-    token = make_link_token(backup_id=backup_id, user_id=actor_of(user))
-    return f"{reverse('backup-download', kwargs={'pk': backup_id})}?{urlencode({'sig': token})}"
 
 
 @staff_member_required

@@ -358,7 +358,7 @@ def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
     assert document["retention"] == {"daily": 3, "weekly": 4, "monthly": 12}
     assert document["encryption"] is True
     assert document["notifications"]["webhook"] == "https://hooks.example.org/backups"
-    assert [key for key, on in document["components"].items() if on] == ["databases", "configs"]
+    assert {key for key, on in document["components"].items() if on} == {"databases", "configs"}
     event = AuditEvent.objects.get(action="config.update")
     assert event.actor == "admin"
     assert event.details["changes"]["schedule"] == ["0 3 * * *", "30 2 * * 1-5"]

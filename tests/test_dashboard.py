@@ -23,8 +23,8 @@ from django.urls import reverse
 
 from backup_platform.asgi import application
 from backups import catalogue, services
+from backups.download_links import signed_download_url
 from backups.models import Run, RunStatus
-from backups.views import signed_download_url
 from tests.conftest import make_backup
 
 A, B = "backup-20260101_030000", "backup-20260102_030000"
@@ -204,6 +204,7 @@ async def test_websocket_refuses_a_staff_session(staff_cookie: str) -> None:
     await ws.send_json_to({"event": "subscribe-backup-events", "data": {}})
     assert (await ws.receive_json_from(timeout=5))["event"] == "error"
     assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4401}
+    await ws.disconnect()  # let the consumer end (its auth deadline task, its database thread)
 
 
 # --- signed download links --------------------------------------------------------------------------------

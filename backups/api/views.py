@@ -42,7 +42,7 @@ from backups.api.serializers import (
     TestScriptSerializer,
 )
 from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthentication, actor_of
-from backups.download_links import SignedLinkAuthentication, make_link_token
+from backups.download_links import SignedLinkAuthentication, signed_download_url
 from backups.models import Backup, BackupStatus, Run
 
 CHUNK = 1 << 20
@@ -155,15 +155,8 @@ class BackupViewSet(viewsets.GenericViewSet):
         """A link that downloads this backup (or `?file=`) without a header, for a browser; it expires
         after DOWNLOAD_LINK_TTL seconds and opens nothing else."""
         backup = selectors.get_backup(pk)
-        rel_path = request.query_params.get("file") or None
-        token = make_link_token(backup_id=backup.id, user_id=_actor(request), file=rel_path)
-        query = f"sig={quote(token)}" + (f"&file={quote(rel_path)}" if rel_path else "")
-        return Response(
-            {
-                "url": f"/api/backup/{quote(backup.id)}/download?{query}",
-                "expires_in": settings.DOWNLOAD_LINK_TTL,
-            }
-        )
+        url = signed_download_url(backup.id, request.user, request.query_params.get("file") or None)
+        return Response({"url": url, "expires_in": settings.DOWNLOAD_LINK_TTL})
 
     @extend_schema(request=None, responses=BackupSerializer)
     @action(detail=True, methods=["post"])
