@@ -10,5 +10,6 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get() or None
+        if not getattr(record, "request_id", None):  # an explicit extra={"request_id": ...} wins
+            record.request_id = request_id.get() or None
         return True

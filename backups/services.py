@@ -53,6 +53,15 @@ def backup_root() -> Path:
     return Path(settings.BACKUP_ROOT)
 
 
+def ensure_backup_root() -> None:
+    """A fresh install starts with an empty root rather than a `degraded` health check; a root that
+    cannot be made (permissions, missing mount) is left for /health and test-script to report."""
+    try:
+        backup_root().mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("backup root cannot be created: %s", error.strerror)
+
+
 # --- audit ----------------------------------------------------------------------------------------
 
 

@@ -188,7 +188,10 @@ def nginx_command(tmp: Path, root: Path, port: int) -> list[str]:
     prefix = tmp / "nginx"
     (prefix / "logs").mkdir(parents=True)
     conf = prefix / "nginx.conf"
+    # Workers run as the invoking user: nginx's default (nobody) cannot read the 0700 temp folders.
+    user = "user root;" if os.geteuid() == 0 else ""
     conf.write_text(f"""daemon off;
+{user}
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log;

@@ -117,3 +117,14 @@ def test_a_database_outage_is_503_not_500(api, backup_root, monkeypatch):
     response = api.get("/api/backup/status")
     assert response.status_code == 503 and response["Retry-After"] == "5"
     assert "unavailable" in response.json()["detail"]
+
+
+def test_request_log_lines_carry_the_request_id(api, backup_root, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="backups.request"):
+        api.get("/api/backup/config", HTTP_X_REQUEST_ID="trace-7")
+    from backups.logging import RequestIdFilter
+
+    records = [r for r in caplog.records if r.name == "backups.request"]
+    assert records and RequestIdFilter().filter(records[-1]) and records[-1].request_id == "trace-7"

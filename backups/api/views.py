@@ -45,7 +45,7 @@ from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthenticati
 from backups.download_links import SignedLinkAuthentication, signed_download_url
 from backups.models import Backup, BackupStatus, Run
 
-CHUNK = 1 << 20
+CHUNK = 1 << 21
 
 
 class Pagination(PageNumberPagination):

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from backups import events
+from backups.services import ensure_backup_root
 
 
 class Command(BaseCommand):
@@ -16,6 +17,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         from backups.worker import Worker
+
+        ensure_backup_root()
 
         worker = Worker(label="worker")
         signalled = threading.Event()

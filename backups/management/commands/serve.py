@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from backups import events
+from backups.services import ensure_backup_root
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
         from backups.worker import Worker
+
+        ensure_backup_root()
 
         worker = None if no_worker else Worker(label="serve")
         config = uvicorn.Config(
