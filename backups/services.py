@@ -79,6 +79,22 @@ def audit(
     )
 
 
+def refuse(
+    action: str,
+    message: str,
+    *,
+    actor: str,
+    target: str = "",
+    ip: str | None = None,
+    reason: str,
+    **extra: Any,
+) -> Conflict:
+    """Audit a refused operation (committed, whatever the caller does next) and build its 409."""
+    with transaction.atomic():
+        audit(action, actor=actor, target=target, ip=ip, outcome="refused", details={"reason": reason})
+    return Conflict(message, **extra)
+
+
 # --- runs -----------------------------------------------------------------------------------------
 
 
@@ -107,18 +123,15 @@ def run_enqueue(
             )
     except IntegrityError:
         current = active_run()
-        with transaction.atomic():
-            audit(
-                "run.create",
-                actor=actor,
-                outcome="refused",
-                ip=ip,
-                details={
-                    "reason": "a run is already queued or running",
-                    "current": str(current.id) if current else None,
-                },
-            )
-        raise Conflict("A backup is already queued or running.", run=current) from None
+        raise refuse(
+            "run.create",
+            "A backup is already queued or running.",
+            actor=actor,
+            target=str(current.id) if current else "",
+            ip=ip,
+            reason="a run is already queued or running",
+            run=current,
+        ) from None
     logger.info("run queued", extra={"run_id": str(run.id), "actor": actor, "type": run_type})
     events.notify("info", f"Backup queued by {actor}.")
     return run
@@ -290,15 +303,15 @@ def run_request_cancel(*, run: Run, actor: str, ip: str | None = None) -> Run:
             audit("run.cancel", actor=actor, target=str(run.id), ip=ip, details={"was": "running"})
             return run
         run.refresh_from_db()
-        audit(
-            "run.cancel",
-            actor=actor,
-            target=str(run.id),
-            ip=ip,
-            outcome="refused",
-            details={"reason": f"run already {run.status}"},
-        )
-    raise Conflict(f"The run has already ended ({run.status}).", run=run)
+    raise refuse(
+        "run.cancel",
+        f"The run has already ended ({run.status}).",
+        actor=actor,
+        target=str(run.id),
+        ip=ip,
+        reason=f"run already {run.status}",
+        run=run,
+    )
 
 
 # --- backups --------------------------------------------------------------------------------------
@@ -313,27 +326,23 @@ def backup_delete(*, backup_id: str, actor: str, ip: str | None = None) -> None:
     backup = Backup.objects.filter(id=backup_id).first()
     running = active_run()
     if running and running.backup_id == backup_id:
-        with transaction.atomic():
-            audit(
-                "backup.delete",
-                actor=actor,
-                target=backup_id,
-                ip=ip,
-                outcome="refused",
-                details={"reason": "belongs to the running run"},
-            )
-        raise Conflict("This backup belongs to the running backup run.")
+        raise refuse(
+            "backup.delete",
+            "This backup belongs to the running backup run.",
+            actor=actor,
+            target=backup_id,
+            ip=ip,
+            reason="belongs to the running run",
+        )
     if backup and backup.pinned:
-        with transaction.atomic():
-            audit(
-                "backup.delete",
-                actor=actor,
-                target=backup_id,
-                ip=ip,
-                outcome="refused",
-                details={"reason": "pinned"},
-            )
-        raise Conflict("This backup is pinned; unpin it before deleting it.")
+        raise refuse(
+            "backup.delete",
+            "This backup is pinned; unpin it before deleting it.",
+            actor=actor,
+            target=backup_id,
+            ip=ip,
+            reason="pinned",
+        )
     was_latest = catalogue.read_latest(root) == backup_id
     size = backup.size_bytes if backup else None
     try:

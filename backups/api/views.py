@@ -161,18 +161,17 @@ class BackupViewSet(viewsets.GenericViewSet):
     @extend_schema(request=None, responses=BackupSerializer)
     @action(detail=True, methods=["post"])
     def pin(self, request: Request, pk: str) -> Response:
-        backup = selectors.get_backup(pk)
-        backup = services.backup_set_pinned(
-            backup_id=backup.id, pinned=True, actor=_actor(request), ip=client_ip(request)
-        )
-        return Response(BackupSerializer(backup).data)
+        """Protect a backup from delete and retention."""
+        return self._set_pinned(request, pk, pinned=True)
 
     @extend_schema(request=None, responses=BackupSerializer)
     @action(detail=True, methods=["post"])
     def unpin(self, request: Request, pk: str) -> Response:
-        backup = selectors.get_backup(pk)
+        return self._set_pinned(request, pk, pinned=False)
+
+    def _set_pinned(self, request: Request, pk: str, *, pinned: bool) -> Response:
         backup = services.backup_set_pinned(
-            backup_id=backup.id, pinned=False, actor=_actor(request), ip=client_ip(request)
+            backup_id=selectors.get_backup(pk).id, pinned=pinned, actor=_actor(request), ip=client_ip(request)
         )
         return Response(BackupSerializer(backup).data)
 
