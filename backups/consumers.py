@@ -4,17 +4,21 @@ modules, the fan-out from `events`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from backups import auth, events, selectors
 
 logger = logging.getLogger(__name__)
 
+LAYER_DOWN = "live events are unavailable right now; reconnect in a few seconds"
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_AUTH_TIMEOUT = 4408
@@ -22,12 +26,28 @@ CLOSE_AUTH_TIMEOUT = 4408
 
 class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
     user_id: str | None = None
+    accepted = False
     subscribed = False
     closing = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # With Redis behind the layer, an outage surfaces here (new_channel, receive), outside any handler:
+        # tell the client and close 1011 so it reconnects, instead of dropping it with a traceback.
+        try:
+            await super().__call__(scope, receive, send)
+        except (OSError, RedisError) as error:
+            logger.warning("channel layer unavailable; WebSocket closed: %s", type(error).__name__)
+            with contextlib.suppress(Exception):
+                if not self.accepted:  # the layer failed before connect(): a close code needs accept first
+                    await send({"type": "websocket.accept"})
+                error_frame = {"event": "error", "data": {"message": LAYER_DOWN}}
+                await send({"type": "websocket.send", "text": json.dumps(error_frame)})
+                await send({"type": "websocket.close", "code": 1011})
 
     async def connect(self) -> None:
         # Close codes reach the client only after accept(): accept first, then judge.
         await self.accept()
+        self.accepted = True
         events.use_loop(asyncio.get_running_loop())
         self.deadline_task: asyncio.Task | None = None
         header = _header(self.scope, b"authorization")
@@ -81,8 +101,6 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
-        import json
-
         return json.loads(text_data)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -126,9 +144,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
                     await self.send_json(
                         {
                             "event": "error",
-                            "data": {
-                                "message": "live events are unavailable right now; reconnect in a few seconds"
-                            },
+                            "data": {"message": LAYER_DOWN},
                         }
                     )
                     await self.close(code=1011)

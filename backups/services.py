@@ -444,6 +444,15 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
     running = active_run()
     running_folder = running.backup_id if running and running.status == RunStatus.RUNNING else ""
 
+    # A folder a run of this database made takes its facts from that run: the metadata file beside it
+    # may be missing (a full disk refuses it too), and a failed run's folder must never read completed.
+    runs_by_folder = {
+        row["backup_id"]: row
+        for row in Run.objects.exclude(backup_id="")
+        .order_by("created_at")
+        .values("backup_id", "id", "status", "type", "description", "triggered_by")
+    }
+
     scanned: list[Backup] = []
     for name, folder in folders.items():
         if name in known and known[name] == folder.signature and name not in force:
@@ -453,23 +462,26 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
         except catalogue.BackupNotFound:
             continue  # vanished between the listing and the walk
         meta = catalogue.read_metadata(root, name)
-        status = meta.get("status") or BackupStatus.COMPLETED
-        if name == running_folder:
-            status = BackupStatus.RUNNING
-        elif status == BackupStatus.RUNNING:
-            status = BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
+        run = runs_by_folder.get(name)
+        facts = (
+            {**meta, **{key: str(run[key]) for key in ("id", "type", "description", "triggered_by")}}
+            if run
+            else meta
+        )
         scanned.append(
             Backup(
                 id=name,
                 created_at=found.created_at,
-                status=status,
-                type=meta.get("type") if meta.get("type") in BackupType.values else BackupType.EXTERNAL,
-                description=str(meta.get("description", ""))[:500],
-                triggered_by=str(meta.get("triggered_by", ""))[:200],
+                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
+                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
+                description=str(facts.get("description", ""))[:500],
+                triggered_by=str(facts.get("triggered_by", ""))[:200],
                 size_bytes=found.size_bytes,
                 file_count=len(found.files),
                 files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
-                run_id=meta.get("run_id") if isinstance(meta.get("run_id"), str) else None,
+                run_id=str(run["id"])
+                if run
+                else (meta.get("run_id") if isinstance(meta.get("run_id"), str) else None),
                 signature=found.signature,
                 synced_at=timezone.now(),
             )
@@ -511,6 +523,17 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
             )
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+
+
+def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, running_folder: str) -> str:
+    if name == running_folder or run_status in ACTIVE_RUN_STATUSES:
+        return BackupStatus.RUNNING
+    if run_status is not None:
+        return BackupStatus.COMPLETED if run_status == RunStatus.SUCCEEDED else BackupStatus.INCOMPLETE
+    status = meta.get("status")
+    if status == BackupStatus.RUNNING:
+        return BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
+    return status if status in BackupStatus.values else BackupStatus.COMPLETED  # made outside the service
 
 
 def _printable(path: str) -> str:

@@ -181,3 +181,19 @@ async def test_admin_session_is_authenticated_without_a_token(backup_root):
     assert (await ws.receive_json_from())["event"] == "subscribed"
     await ws.disconnect()
     await asyncio.sleep(0)
+
+
+async def test_an_unreachable_redis_layer_gets_an_error_and_close_1011(settings, backup_root):
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    channel_layers.backends.clear()
+    try:
+        ws = connect()
+        await ws.connect(timeout=10)
+        frame = await ws.receive_json_from(timeout=10)
+        assert frame["event"] == "error" and "unavailable" in frame["data"]["message"]
+        assert await closed_with(ws) == 1011
+    finally:
+        channel_layers.backends.clear()

@@ -348,3 +348,28 @@ def test_a_bug_while_following_a_run_fails_it_and_ends_its_group(worker, tmp_pat
     assert run.status == RunStatus.FAILED and "failed while following" in run.error
     assert run.pgid is None
     assert services.run_enqueue(actor="next").status == RunStatus.QUEUED
+
+
+def test_a_failed_run_stays_incomplete_even_when_its_metadata_cannot_be_written(
+    worker, backup_root, tmp_path, settings, monkeypatch
+):
+    from backups import catalogue
+
+    make_backup(backup_root, "backup-20260101_030000")
+    (backup_root / "latest").symlink_to("backup-20260101_030000")
+
+    def disk_full(*args, **kwargs):
+        raise catalogue.CatalogueError("cannot write metadata")  # what a full disk does to it
+
+    monkeypatch.setattr(catalogue, "write_metadata", disk_full)
+    settings.BACKUP_SCRIPT = script(tmp_path, """
+d="$BACKUP_ROOT/backup-20991231_235959"; mkdir -p "$d"; echo partial > "$d/db.sql"
+echo "No space left on device" >&2; exit 1
+""")
+    run = run_once(worker)
+    assert run.status == RunStatus.FAILED
+    backup = Backup.objects.get(id="backup-20991231_235959")
+    assert backup.status == BackupStatus.INCOMPLETE and backup.type == "manual"
+    services.backup_delete(backup_id="backup-20260101_030000", actor="t")
+    assert not os.path.lexists(backup_root / "latest")
+    assert not Backup.objects.filter(is_latest=True).exists()
