@@ -188,3 +188,68 @@ class TestScriptSerializer(serializers.Serializer):
 class DownloadLinkSerializer(serializers.Serializer):
     url = serializers.CharField()
     expires_in = serializers.IntegerField()
+
+
+# --- documents described for the OpenAPI schema (validation lives in config_document) ---------------
+
+
+class RetentionSerializer(serializers.Serializer):
+    daily = serializers.IntegerField(min_value=0, max_value=1000)
+    weekly = serializers.IntegerField(min_value=0, max_value=1000)
+    monthly = serializers.IntegerField(min_value=0, max_value=1000)
+
+
+class NotificationsSerializer(serializers.Serializer):
+    email = serializers.BooleanField()
+    webhook = serializers.CharField(allow_blank=True, help_text="empty, or an http(s) URL")
+
+
+class ComponentsSerializer(serializers.Serializer):
+    databases = serializers.BooleanField()
+    applicationFiles = serializers.BooleanField()  # noqa: N815 - the original document's key
+    uploads = serializers.BooleanField()
+    configs = serializers.BooleanField()
+    nginx = serializers.BooleanField()
+    ssl = serializers.BooleanField()
+    systemInfo = serializers.BooleanField()  # noqa: N815 - the original document's key
+
+
+class ConfigDocumentSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    schedule = serializers.CharField(help_text="5-field cron expression, server time zone")
+    retention = RetentionSerializer()
+    compression = serializers.BooleanField()
+    encryption = serializers.BooleanField()
+    notifications = NotificationsSerializer()
+    components = ComponentsSerializer()
+
+
+class CountSizeSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    total_size_bytes = serializers.IntegerField()
+
+
+class DiskSerializer(serializers.Serializer):
+    total_bytes = serializers.IntegerField()
+    free_bytes = serializers.IntegerField()
+
+
+class ScriptStateSerializer(serializers.Serializer):
+    available = serializers.BooleanField()
+
+
+class ScheduleStateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    schedule = serializers.CharField()
+
+
+class StatusSerializer(serializers.Serializer):
+    running = serializers.BooleanField()
+    current_run = RunSerializer(allow_null=True)
+    last_backup = BackupListSerializer(allow_null=True)
+    last_successful_run = RunSerializer(allow_null=True)
+    next_scheduled_at = serializers.DateTimeField(allow_null=True)
+    backups = CountSizeSerializer()
+    disk = DiskSerializer()
+    script = ScriptStateSerializer()
+    config = ScheduleStateSerializer()

@@ -32,6 +32,7 @@ from backups.api.errors import client_ip
 from backups.api.serializers import (
     BackupListSerializer,
     BackupSerializer,
+    ConfigDocumentSerializer,
     ConflictSerializer,
     CreateRunSerializer,
     DownloadLinkSerializer,
@@ -39,6 +40,7 @@ from backups.api.serializers import (
     LogsSerializer,
     RunEnvelopeSerializer,
     RunSerializer,
+    StatusSerializer,
     TestScriptSerializer,
 )
 from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthentication, actor_of
@@ -46,6 +48,8 @@ from backups.download_links import SignedLinkAuthentication, signed_download_url
 from backups.models import Backup, BackupStatus, Run
 
 CHUNK = 1 << 21
+# PATCH takes any subset of the document, nested keys included.
+PatchedConfigDocument = ConfigDocumentSerializer(partial=True)
 
 
 class Pagination(PageNumberPagination):
@@ -367,7 +371,7 @@ class CreateBackupView(APIView):
 
 
 class StatusView(APIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses=StatusSerializer)
     def get(self, request: Request) -> Response:
         return Response(selectors.status_document())
 
@@ -387,11 +391,11 @@ class LogsView(APIView):
 
 
 class ConfigView(APIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses=ConfigDocumentSerializer)
     def get(self, request: Request) -> Response:
         return Response(services.config_current())
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=ConfigDocumentSerializer, responses=ConfigDocumentSerializer)
     def put(self, request: Request) -> Response:
         return Response(
             services.config_update(
@@ -399,7 +403,7 @@ class ConfigView(APIView):
             )
         )
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=PatchedConfigDocument, responses=ConfigDocumentSerializer)
     def patch(self, request: Request) -> Response:
         return Response(
             services.config_update(
