@@ -106,7 +106,8 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
         logger.error("database unavailable: %s", type(exception).__name__)
-        response = JsonResponse({"detail": "The database is unavailable; try again in a few seconds."},
-                                status=503)
+        response = JsonResponse(
+            {"detail": "The database is unavailable; try again in a few seconds."}, status=503
+        )
         response["Retry-After"] = "5"
         return response

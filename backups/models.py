@@ -141,14 +141,6 @@ class BackupConfig(models.Model):
         config, _ = cls.objects.get_or_create(id=1, defaults={"document": default_document()})
         return config
 
-    def next_run_after(self, moment: datetime) -> datetime | None:
-        """When the schedule fires next after `moment`, in the server's time zone; None when disabled."""
-        from backups.config_document import next_fire_time
-
-        if not self.document.get("enabled", True):
-            return None
-        return next_fire_time(self.document["schedule"], moment)
-
 
 class AuditEvent(models.Model):
     """Append-only trail: every change, download and refused authentication."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,11 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from backups import catalogue, logtail, services
+from backups import catalogue, config_document, logtail, services
 from backups.models import (
     ACTIVE_RUN_STATUSES,
     AuditEvent,
     Backup,
-    BackupConfig,
     BackupStatus,
     Run,
     RunStatus,
@@ -106,12 +105,12 @@ def expected_duration() -> float | None:
     return run.duration_seconds if run else None
 
 
-def next_scheduled_at() -> Any:
-    config = BackupConfig.load()
-    document = services.config_current()
+def next_scheduled_at(document: dict[str, Any] | None = None) -> datetime | None:
+    """When the schedule fires next, in the server's time zone; None when it is disabled."""
+    document = document or services.config_current()
     if not document["enabled"]:
         return None
-    return config.next_run_after(timezone.localtime())
+    return config_document.next_fire_time(document["schedule"], timezone.localtime())
 
 
 def script_available() -> bool:
@@ -136,7 +135,7 @@ def status_document() -> dict[str, Any]:
     total_bytes, free_bytes = catalogue.disk_usage(Path(settings.BACKUP_ROOT))
     successful = last_successful_run()
     document = services.config_current()
-    next_at = next_scheduled_at()
+    next_at = next_scheduled_at(document)
     return {
         "running": run is not None,
         "current_run": RunSerializer(run).data if run else None,
