@@ -22,3 +22,6 @@ urlpatterns = [
     # behind nginx, /static/ is answered from collectstatic's output before it gets here.
     re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
+
+handler404 = "backups.api.errors.not_found"
+handler500 = "backups.api.errors.server_error"

@@ -83,7 +83,8 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _authenticate_with(self, verify: Any, announce: bool = True) -> None:
         try:
-            user = verify()
+            # In a thread: with JWT_JWKS_URL the key fetch blocks, and the loop serves every socket.
+            user = await asyncio.to_thread(verify)
         except auth.TokenRefused as error:
             await self._refuse(CLOSE_UNAUTHENTICATED, f"invalid token: {error}")
             return
@@ -110,7 +111,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
         if text_data is not None and len(text_data) <= 65536:
             try:
                 frame = await self.decode_json(text_data)
-            except ValueError:
+            except (ValueError, RecursionError):  # deeply nested JSON is as malformed as broken JSON
                 frame = None
         event = frame.get("event") if isinstance(frame, dict) else None
         data = frame.get("data", {}) if isinstance(frame, dict) else None

@@ -218,7 +218,9 @@ def run_finish(*, run: Run, end: RunEnd, percent: int, stage: str, message: str)
         write_backup_metadata(run, status=backup_status)
     now = timezone.now()
     with transaction.atomic():
-        Run.objects.filter(id=run.id).update(
+        # Only a run still `running` ends here: a run that start-up recovery (or a worker that took over)
+        # already marked interrupted keeps that verdict and its events are not sent twice.
+        ended = Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(
             status=end.status,
             finished_at=now,
             exit_code=end.exit_code,
@@ -231,6 +233,12 @@ def run_finish(*, run: Run, end: RunEnd, percent: int, stage: str, message: str)
             pgid=None,
         )
         run.refresh_from_db()
+        if not ended:
+            logger.warning(
+                "run already ended; outcome not recorded",
+                extra={"run_id": str(run.id), "status": run.status, "outcome": end.status},
+            )
+            return run
         audit(
             f"run.{end.status}",
             actor=run.triggered_by,
@@ -441,70 +449,26 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
     force = {backup_id for backup_id in force_ids if backup_id}
     folders = {folder.name: folder for folder in catalogue.list_folders(root)}
     known = dict(Backup.objects.values_list("id", "signature"))
-    running = active_run()
-    running_folder = running.backup_id if running and running.status == RunStatus.RUNNING else ""
 
-    # A folder a run of this database made takes its facts from that run: the metadata file beside it
-    # may be missing (a full disk refuses it too), and a failed run's folder must never read completed.
-    runs_by_folder = {
-        row["backup_id"]: row
-        for row in Run.objects.exclude(backup_id="")
-        .order_by("created_at")
-        .values("backup_id", "id", "status", "type", "description", "triggered_by")
-    }
-
-    scanned: list[Backup] = []
+    walked: list[tuple[str, catalogue.ScannedBackup, dict[str, Any]]] = []
     for name, folder in folders.items():
         if name in known and known[name] == folder.signature and name not in force:
             continue
         try:
-            found = catalogue.scan_backup(root, name)
+            walked.append((name, catalogue.scan_backup(root, name), catalogue.read_metadata(root, name)))
         except catalogue.BackupNotFound:
             continue  # vanished between the listing and the walk
-        meta = catalogue.read_metadata(root, name)
-        run = runs_by_folder.get(name)
-        facts = (
-            {**meta, **{key: str(run[key]) for key in ("id", "type", "description", "triggered_by")}}
-            if run
-            else meta
-        )
-        scanned.append(
-            Backup(
-                id=name,
-                created_at=found.created_at,
-                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
-                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
-                description=str(facts.get("description", ""))[:500],
-                triggered_by=str(facts.get("triggered_by", ""))[:200],
-                size_bytes=found.size_bytes,
-                file_count=len(found.files),
-                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
-                run_id=str(run["id"])
-                if run
-                else (meta.get("run_id") if isinstance(meta.get("run_id"), str) else None),
-                signature=found.signature,
-                synced_at=timezone.now(),
-            )
-        )
-
-    # The metadata may name runs this database does not know (after a rebuild): link only known ones,
-    # found with one query rather than one per folder.
-    named = {backup.run_id for backup in scanned if backup.run_id}
-    known_runs = {
-        str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
-    }
-    for backup in scanned:
-        if backup.run_id and str(backup.run_id) not in known_runs:
-            backup.run_id = None
 
     gone = set(known) - set(folders)
     with transaction.atomic():
+        # Statuses are decided here, from the runs as they are when the rows are written: a walk that
+        # began before a run ended must not write the run's folder back as running (or move `latest`).
+        scanned = _catalogue_rows(walked)
         if gone:
             Backup.objects.filter(id__in=gone).delete()
         for batch_start in range(0, len(scanned), 500):
-            batch = scanned[batch_start : batch_start + 500]
             Backup.objects.bulk_create(
-                batch,
+                scanned[batch_start : batch_start + 500],
                 update_conflicts=True,
                 unique_fields=["id"],
                 update_fields=[
@@ -523,6 +487,53 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
             )
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+
+
+def _catalogue_rows(walked: list[tuple[str, catalogue.ScannedBackup, dict[str, Any]]]) -> list[Backup]:
+    """Backup rows for walked folders. A folder a run of this database made takes its facts from that
+    run: the metadata file beside it may be missing (a full disk refuses it too), and a failed run's
+    folder must never read completed. The metadata only speaks for folders no known run made."""
+    if not walked:
+        return []
+    names = [name for name, _, _ in walked]
+    runs = Run.objects.exclude(backup_id="")
+    if len(names) <= 500:  # a short IN list; a first sync of thousands of folders reads every run instead
+        runs = runs.filter(backup_id__in=names)
+    fields = ("backup_id", "id", "status", "type", "description", "triggered_by")
+    runs_by_folder = {row["backup_id"]: row for row in runs.order_by("created_at").values(*fields)}
+    running = active_run()
+    running_folder = running.backup_id if running and running.status == RunStatus.RUNNING else ""
+    named = [meta["run_id"] for _, _, meta in walked if isinstance(meta.get("run_id"), str)]
+    known_runs = {
+        str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
+    }
+    rows = []
+    now = timezone.now()
+    for name, found, meta in walked:
+        run = runs_by_folder.get(name)
+        facts = (
+            {**meta, **{key: str(run[key]) for key in ("type", "description", "triggered_by")}}
+            if run
+            else meta
+        )
+        meta_run = meta.get("run_id") if meta.get("run_id") in known_runs else None
+        rows.append(
+            Backup(
+                id=name,
+                created_at=found.created_at,
+                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
+                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
+                description=str(facts.get("description", ""))[:500],
+                triggered_by=str(facts.get("triggered_by", ""))[:200],
+                size_bytes=found.size_bytes,
+                file_count=len(found.files),
+                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
+                run_id=str(run["id"]) if run else meta_run,
+                signature=found.signature,
+                synced_at=now,
+            )
+        )
+    return rows
 
 
 def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, running_folder: str) -> str:

@@ -85,6 +85,7 @@ class Worker:
     def step(self) -> bool:
         if not self.hold_lease():
             return False
+        self.end_own_stuck_runs()
         found = self.run_next_queued()
         self.schedule_tick()
         self.periodic_sync()
@@ -166,6 +167,26 @@ class Worker:
             )
             count += 1
         return count
+
+    def end_own_stuck_runs(self) -> None:
+        """Between runs, no run of this worker can be running: one that is was left so by a failure
+        (the database refused even the failure record). End it, or it would block every new run."""
+        for run in Run.objects.filter(status=RunStatus.RUNNING, worker=self.id):
+            if run.pgid and runner.group_alive(run.pgid):
+                runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+            self._finish(
+                run,
+                services.RunEnd(
+                    status=RunStatus.FAILED,
+                    exit_code=None,
+                    output=run.output,
+                    output_lines=run.output_lines,
+                    error="The backup service failed while following this run; see the service log.",
+                ),
+                run.progress_percent,
+                "failed",
+                run.progress_message,
+            )
 
     def run_next_queued(self) -> bool:
         if self.stopping.is_set():
@@ -261,6 +282,7 @@ class RunExecution:
         self.published: tuple[int, str, str] | None = None
         self.cancelled = False
         self.disk_full = False
+        self.lease_lost = False
 
     def execute(self) -> Run:
         document = services.config_current()
@@ -281,10 +303,11 @@ class RunExecution:
             },
         )
         self.publish(force=True)
+        script_dir = Path(settings.BACKUP_SCRIPT).parent
         result = runner.run_script(
             settings.BACKUP_SCRIPT,
             env=env,
-            cwd=str(Path(settings.BACKUP_SCRIPT).parent),
+            cwd=script_dir if script_dir.is_dir() else None,  # a missing dir: say the script is missing
             timeout=settings.BACKUP_RUN_TIMEOUT,
             on_start=self.on_start,
             on_lines=self.on_lines,
@@ -320,6 +343,9 @@ class RunExecution:
                 text,
                 lines,
             )
+        if result.reason == reason.SHUTDOWN and self.lease_lost:
+            why = "Interrupted: this worker stalled and lost its lease to another; its script was ended."
+            return services.RunEnd(RunStatus.INTERRUPTED, result.exit_code, why, text, lines)
         if result.reason == reason.SHUTDOWN:
             return services.RunEnd(
                 RunStatus.INTERRUPTED,
@@ -340,6 +366,12 @@ class RunExecution:
                 lines,
             )
         if result.reason == reason.SPAWN_FAILED:
+            logger.error("backup script could not be started: %s", result.error)
+            script = Path(settings.BACKUP_SCRIPT)
+            # The run's error is shown to clients: name the script, not where it lives.
+            result.error = result.error.replace(str(script.parent) + "/", "").replace(
+                str(script.parent), "<script dir>"
+            )
             return services.RunEnd(
                 RunStatus.FAILED, None, f"The backup script could not be started: {result.error}", text, lines
             )
@@ -403,11 +435,16 @@ class RunExecution:
                 present = []
             self.tracker.feed_artifacts(present)
             self.tracker.feed_elapsed(elapsed)
-        self.worker.hold_lease()
+        if not self.worker.hold_lease():
+            # Another worker holds the lease now and will treat this run as orphaned: stop the script
+            # rather than let two backups run at once.
+            self.lease_lost = True
         self.worker.schedule_tick()
         self.publish()
 
     def should_stop(self) -> runner.EndReason | None:
+        if self.lease_lost:
+            return runner.EndReason.SHUTDOWN
         deadline = self.worker.shutdown_deadline
         if deadline is not None and time.monotonic() >= deadline:
             return runner.EndReason.SHUTDOWN

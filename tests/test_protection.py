@@ -128,3 +128,22 @@ def test_request_log_lines_carry_the_request_id(api, backup_root, caplog):
 
     records = [r for r in caplog.records if r.name == "backups.request"]
     assert records and RequestIdFilter().filter(records[-1]) and records[-1].request_id == "trace-7"
+
+
+def test_unmatched_api_urls_answer_json_404(anonymous, backup_root):
+    for path in ("/api/backup/a%2fb", "/api/backup/x/y", "/api/nope"):
+        response = anonymous.get(path)
+        assert response.status_code == 404 and response.json() == {"detail": "Not found."}
+
+
+def test_an_unreadable_backup_root_is_503_without_a_path(api, settings, tmp_path):
+    from backups import selectors
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # a root that cannot be listed (ELOOP), like one with broken permissions
+    settings.BACKUP_ROOT = loop
+    selectors._seen_root_signature = None
+    for path in ("/api/backup/list", "/api/backup/status", "/api/backup/backup-20260101_030000"):
+        response = api.get(path)
+        assert response.status_code == 503, (path, response.status_code)
+        assert str(tmp_path) not in response.content.decode()

@@ -186,8 +186,12 @@ async def test_admin_session_is_authenticated_without_a_token(backup_root):
 async def test_an_unreachable_redis_layer_gets_an_error_and_close_1011(settings, backup_root):
     from channels.layers import channel_layers
 
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        }
+    }
     channel_layers.backends.clear()
     try:
         ws = connect()
@@ -197,3 +201,15 @@ async def test_an_unreachable_redis_layer_gets_an_error_and_close_1011(settings,
         assert await closed_with(ws) == 1011
     finally:
         channel_layers.backends.clear()
+
+
+async def test_deeply_nested_json_is_malformed_not_fatal(make_token, backup_root):
+    ws = connect()
+    await ws.connect()
+    await send(ws, "authenticate", {"token": make_token()})
+    await ws.receive_json_from()
+    await ws.send_to(text_data="[" * 60000)
+    assert (await ws.receive_json_from())["event"] == "error"
+    await send(ws, "subscribe-backup-events")
+    assert (await ws.receive_json_from())["event"] == "subscribed"
+    await ws.disconnect()

@@ -321,10 +321,13 @@ def test_signal_names(worker):
 
 
 def test_a_loud_script_keeps_head_and_tail_of_its_output(worker, tmp_path, settings):
-    settings.BACKUP_SCRIPT = script(tmp_path, """
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 d="$BACKUP_ROOT/backup-20990101_000002"; mkdir -p "$d"
 echo "[1/2] start"; seq 1 200000; echo "[2/2] end"; echo "an ERROR worth keeping" >&2; echo last
-""")
+""",
+    )
     run = run_once(worker)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.output_lines == 200004 and run.progress_percent == 100
@@ -362,10 +365,13 @@ def test_a_failed_run_stays_incomplete_even_when_its_metadata_cannot_be_written(
         raise catalogue.CatalogueError("cannot write metadata")  # what a full disk does to it
 
     monkeypatch.setattr(catalogue, "write_metadata", disk_full)
-    settings.BACKUP_SCRIPT = script(tmp_path, """
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
 d="$BACKUP_ROOT/backup-20991231_235959"; mkdir -p "$d"; echo partial > "$d/db.sql"
 echo "No space left on device" >&2; exit 1
-""")
+""",
+    )
     run = run_once(worker)
     assert run.status == RunStatus.FAILED
     backup = Backup.objects.get(id="backup-20991231_235959")
@@ -373,3 +379,35 @@ echo "No space left on device" >&2; exit 1
     services.backup_delete(backup_id="backup-20260101_030000", actor="t")
     assert not os.path.lexists(backup_root / "latest")
     assert not Backup.objects.filter(is_latest=True).exists()
+
+
+def test_a_worker_that_loses_its_lease_ends_its_script(worker, tmp_path, settings, monkeypatch):
+    import backups.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "LEASE_RENEW_SECONDS", 0.2)
+    settings.BACKUP_SCRIPT = script(tmp_path, "echo '[1/2] long'; sleep 300\n")
+    run = services.run_enqueue(actor="tester")
+    thread = threading.Thread(target=worker.run_next_queued)
+    thread.start()
+    wait_for(lambda: Run.objects.get(id=run.id).pgid is not None)
+    pgid = Run.objects.get(id=run.id).pgid
+    WorkerLease.objects.filter(id=1).update(holder="worker@elsewhere:1:x", renewed_at=timezone.now())
+    thread.join(30)
+    run.refresh_from_db()
+    assert run.status == RunStatus.INTERRUPTED and "lost its lease" in run.error
+    assert runner.find_group_members(pgid) == []
+
+
+def test_a_run_already_marked_interrupted_keeps_that_verdict(worker, backup_root):
+    run = Run.objects.create(triggered_by="x", status=RunStatus.INTERRUPTED, error="recovered at start-up")
+    services.run_finish(
+        run=run, end=services.RunEnd(RunStatus.SUCCEEDED, 0, ""), percent=100, stage="done", message=""
+    )
+    run.refresh_from_db()
+    assert run.status == RunStatus.INTERRUPTED and run.error == "recovered at start-up"
+
+
+def test_a_missing_script_error_names_no_directory(worker, settings, tmp_path):
+    settings.BACKUP_SCRIPT = tmp_path / "nowhere" / "backup.sh"
+    run = run_once(worker)
+    assert run.status == RunStatus.FAILED and str(tmp_path) not in run.error and "backup.sh" in run.error

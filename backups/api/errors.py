@@ -9,7 +9,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from backups import services
+from backups import catalogue, services
 from backups.api.serializers import RunSerializer
 from backups.config_document import ConfigInvalid
 
@@ -26,6 +26,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             run = exc.extra["run"]
             data["run"] = RunSerializer(run).data if run is not None else None
         return Response(data, status=exc.status_code)
+    if isinstance(exc, catalogue.CatalogueError):
+        # The root itself is unreadable (permissions, a broken mount): the service is degraded, and
+        # /health says so; the answer names no path.
+        return Response({"detail": "The backup root is not readable right now."}, status=503)
     if isinstance(exc, ConfigInvalid):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)
@@ -58,3 +62,22 @@ def _audit_refusal(request: Any, exc: Exception) -> None:
             )
     except Exception:  # the refusal is answered even if the audit store is down
         pass
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """Unmatched URLs under the API answer like the API; pages keep Django's HTML."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith(("/api/", "/health", "/metrics")):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return page_not_found(request, exception)
+
+
+def server_error(request: Any) -> Any:
+    from django.http import JsonResponse
+    from django.views.defaults import server_error as html_server_error
+
+    if request.path.startswith(("/api/", "/health", "/metrics")):
+        return JsonResponse({"detail": "Internal server error; see the service log."}, status=500)
+    return html_server_error(request)
