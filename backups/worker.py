@@ -172,21 +172,22 @@ class Worker:
         """Between runs, no run of this worker can be running: one that is was left so by a failure
         (the database refused even the failure record). End it, or it would block every new run."""
         for run in Run.objects.filter(status=RunStatus.RUNNING, worker=self.id):
-            if run.pgid and runner.group_alive(run.pgid):
-                runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
-            self._finish(
-                run,
-                services.RunEnd(
-                    status=RunStatus.FAILED,
-                    exit_code=None,
-                    output=run.output,
-                    output_lines=run.output_lines,
-                    error="The backup service failed while following this run; see the service log.",
-                ),
-                run.progress_percent,
-                "failed",
-                run.progress_message,
-            )
+            self.fail_after_service_error(run)
+
+    def fail_after_service_error(self, run: Run) -> Run:
+        """End a run the service itself lost track of: its script's group ended, the run failed."""
+        if run.pgid and runner.group_alive(run.pgid):
+            runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+        if run.status != RunStatus.RUNNING:
+            return run
+        end = services.RunEnd(
+            status=RunStatus.FAILED,
+            exit_code=None,
+            output=run.output,
+            output_lines=run.output_lines,
+            error="The backup service failed while following this run; see the service log.",
+        )
+        return self._finish(run, end, run.progress_percent, "failed", run.progress_message)
 
     def run_next_queued(self) -> bool:
         if self.stopping.is_set():
@@ -240,23 +241,7 @@ class Worker:
         except Exception:
             logger.exception("run failed inside the service", extra={"run_id": str(run.id)})
             run.refresh_from_db()
-            if run.pgid and runner.group_alive(run.pgid):
-                runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
-            if run.status == RunStatus.RUNNING:
-                return self._finish(
-                    run,
-                    services.RunEnd(
-                        status=RunStatus.FAILED,
-                        exit_code=None,
-                        output=run.output,
-                        output_lines=run.output_lines,
-                        error="The backup service failed while following this run; see the service log.",
-                    ),
-                    run.progress_percent,
-                    "failed",
-                    run.progress_message,
-                )
-            return run
+            return self.fail_after_service_error(run)
         finally:
             self.current_run = None
 

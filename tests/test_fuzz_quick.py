@@ -25,6 +25,7 @@ from schemathesis.core.transport import Response
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from backups.config_document import default_document
 from tests.conftest import PROJECT, make_backup
 
 pytestmark = pytest.mark.django_db
@@ -47,23 +48,7 @@ OPERATIONS = [
     ("PUT", "/api/backup/config/"),
 ]
 
-VALID_CONFIG = {
-    "enabled": False,
-    "schedule": "0 3 * * *",
-    "retention": {"daily": 7, "weekly": 4, "monthly": 12},
-    "compression": True,
-    "encryption": False,
-    "notifications": {"email": False, "webhook": ""},
-    "components": {
-        "databases": True,
-        "applicationFiles": True,
-        "uploads": True,
-        "configs": True,
-        "nginx": True,
-        "ssl": True,
-        "systemInfo": True,
-    },
-}
+VALID_CONFIG = {**default_document(), "enabled": False}  # the schedule must not start runs meanwhile
 # What a user sends, on top of the generated cases: (path parameters, query, body)
 EXPLICIT: dict[tuple[str, str], list[tuple[dict, dict, Any]]] = {
     ("GET", "/api/backup/{id}/download/"): [
