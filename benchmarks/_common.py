@@ -85,17 +85,13 @@ def admin_token(env: dict[str, str]) -> str:
     return lines[-1].strip()
 
 
-class Server:
-    """`manage.py serve` in its own process group on a free port; stop() is SIGTERM to the group, then
-    SIGKILL."""
+class ManagedProcess:
+    """A `manage.py` command in its own process group, logging to a file; stop() is SIGTERM to the group,
+    then SIGKILL."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], args: Sequence[str] = ()) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/backup-ws"
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
-        self.args = list(args)
-        self.log_path = tmp / f"server-{self.port}.log"
+        self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,24 +99,12 @@ class Server:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = 600) -> float:
-        """Start and wait for /health; returns the seconds that took."""
-        started = time.perf_counter()
+    def spawn(self, *args: str) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [PYTHON, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-                cwd=PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [PYTHON, "manage.py", *args], cwd=PROJECT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                status, _ = http_get(self.port, "/health", timeout=2)
-                if status == 200:
-                    return time.perf_counter() - started
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not answer /health in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         try:
@@ -140,6 +124,34 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+class Server(ManagedProcess):
+    """`manage.py serve` on a free port."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        super().__init__(env, tmp / f"server-{self.port}.log")
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/backup-ws"
+        self.args = list(args)
+
+    def start(self, timeout: float = 600) -> float:
+        """Start and wait for /health; returns the seconds that took."""
+        started = time.perf_counter()
+        self.spawn("serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args)
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _ = http_get(self.port, "/health", timeout=2)
+                if status == 200:
+                    return time.perf_counter() - started
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer /health in {timeout} s:\n{self.log()}")
+
 
 
 def http_get(port: int, path: str, token: str | None = None, timeout: float = 30) -> tuple[int, bytes]:

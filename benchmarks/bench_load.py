@@ -16,8 +16,6 @@ import http.client
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,8 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from _common import (
-    PROJECT,
-    PYTHON,
+    ManagedProcess,
     Report,
     Server,
     auth_headers,
@@ -100,57 +97,23 @@ def pg_connections(dbname: str) -> int:
     return int(rows[0][0])
 
 
-class WorkerProcess:
-    """`manage.py backup_worker` in its own process group; stop() is SIGTERM to the group, then SIGKILL."""
+class WorkerProcess(ManagedProcess):
+    """`manage.py backup_worker` in its own process group."""
 
     def __init__(self, tmp: Path, env: dict[str, str], name: str = "worker") -> None:
-        self.env = env
-        self.log_path = tmp / f"{name}-{secrets.token_hex(3)}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        super().__init__(env, tmp / f"{name}-{secrets.token_hex(3)}.log")
 
     def start(self) -> WorkerProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [PYTHON, "manage.py", "backup_worker"],
-                cwd=PROJECT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.spawn("backup_worker")
         return self
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
     def kill(self, sig: int) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-
-    def stop(self, timeout: float = 30) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 class Fleet:

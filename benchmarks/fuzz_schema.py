@@ -49,6 +49,9 @@ from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+sys.path.insert(0, str(PROJECT))
+from backups.config_document import default_document  # noqa: E402  (the project's root is on the path now)
+
 TIME_BUDGET = 270.0  # seconds for both phases together (the brief: < 5 min)
 MAX_POSITIVE = 50
 MAX_NEGATIVE = 25
@@ -82,23 +85,8 @@ SEEDS: dict[str, dict[str, bytes]] = {
 }
 OUTSIDE_LINK = "backup-20240101_000000"  # a symlink inside the root, named like a backup, to the sentinel
 
-VALID_CONFIG = {
-    "enabled": False,
-    "schedule": "0 3 * * *",
-    "retention": {"daily": 0, "weekly": 0, "monthly": 0},
-    "compression": True,
-    "encryption": False,
-    "notifications": {"email": False, "webhook": ""},
-    "components": {
-        "databases": True,
-        "applicationFiles": True,
-        "uploads": True,
-        "configs": True,
-        "nginx": True,
-        "ssl": True,
-        "systemInfo": True,
-    },
-}
+# The default document, with the schedule off (no run of its own meanwhile) and retention keeping all.
+VALID_CONFIG = {**default_document(), "enabled": False, "retention": {"daily": 0, "weekly": 0, "monthly": 0}}
 
 
 # The OpenAPI document types these answers as a bare object, so schema conformance cannot see a missing

@@ -155,6 +155,15 @@ def wait_for(predicate, timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def start_in_background(worker: Worker) -> tuple[Run, threading.Thread, int]:
+    """Queue a run and let the worker run it on a thread; returns once the script's group exists."""
+    run = services.run_enqueue(actor="tester")
+    thread = threading.Thread(target=worker.run_next_queued)
+    thread.start()
+    wait_for(lambda: Run.objects.get(id=run.id).pgid is not None)
+    return run, thread, Run.objects.get(id=run.id).pgid
+
+
 def test_cancel_ends_the_whole_process_group(worker, tmp_path, settings):
     settings.BACKUP_SCRIPT = script(
         tmp_path,
@@ -165,11 +174,7 @@ trap '' TERM   # a script that ignores SIGTERM still ends: SIGKILL follows
 echo "[1/3] working"; sleep 300
 """,
     )
-    run = services.run_enqueue(actor="tester")
-    thread = threading.Thread(target=worker.run_next_queued)
-    thread.start()
-    wait_for(lambda: Run.objects.get(id=run.id).pgid is not None)
-    pgid = Run.objects.get(id=run.id).pgid
+    run, thread, pgid = start_in_background(worker)
     services.run_request_cancel(run=run, actor="tester")
     thread.join(30)
     run.refresh_from_db()
@@ -187,11 +192,7 @@ def test_timeout_kills_the_group_and_fails_the_run(worker, tmp_path, settings):
 
 def test_shutdown_interrupts_a_long_run_after_the_grace(worker, tmp_path, settings):
     settings.BACKUP_SCRIPT = script(tmp_path, "echo '[1/2] long'; sleep 300\n")
-    run = services.run_enqueue(actor="tester")
-    thread = threading.Thread(target=worker.run_next_queued)
-    thread.start()
-    wait_for(lambda: Run.objects.get(id=run.id).pgid is not None)
-    pgid = Run.objects.get(id=run.id).pgid
+    run, thread, pgid = start_in_background(worker)
     worker.request_shutdown(0.5)
     thread.join(30)
     run.refresh_from_db()
@@ -386,11 +387,7 @@ def test_a_worker_that_loses_its_lease_ends_its_script(worker, tmp_path, setting
 
     monkeypatch.setattr(worker_module, "LEASE_RENEW_SECONDS", 0.2)
     settings.BACKUP_SCRIPT = script(tmp_path, "echo '[1/2] long'; sleep 300\n")
-    run = services.run_enqueue(actor="tester")
-    thread = threading.Thread(target=worker.run_next_queued)
-    thread.start()
-    wait_for(lambda: Run.objects.get(id=run.id).pgid is not None)
-    pgid = Run.objects.get(id=run.id).pgid
+    run, thread, pgid = start_in_background(worker)
     WorkerLease.objects.filter(id=1).update(holder="worker@elsewhere:1:x", renewed_at=timezone.now())
     thread.join(30)
     run.refresh_from_db()
