@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from backups.models import Backup, Run, RunType
@@ -36,6 +37,7 @@ class BackupSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(BackupFileSerializer(many=True))
     def get_files(self, backup: Backup) -> list[dict[str, Any]]:
         return backup.files
 
@@ -56,9 +58,9 @@ class BackupListSerializer(BackupSerializer):
 
 
 class ProgressSerializer(serializers.Serializer):
-    percent = serializers.IntegerField()
-    stage = serializers.CharField()
-    message = serializers.CharField()
+    percent = serializers.IntegerField(min_value=0, max_value=100)
+    stage = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True)
     eta_seconds = serializers.FloatField(allow_null=True)
 
 
@@ -88,9 +90,11 @@ class RunSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_backup_id(self, run: Run) -> str | None:
         return run.backup_id or None
 
+    @extend_schema_field(ProgressSerializer)
     def get_progress(self, run: Run) -> dict[str, Any]:
         return {
             "percent": run.progress_percent,
