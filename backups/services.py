@@ -409,6 +409,21 @@ def backup_set_pinned(*, backup_id: str, pinned: bool, actor: str, ip: str | Non
     return Backup.objects.get(id=backup_id)
 
 
+def backup_record_verification(*, backup_id: str, verified: bool, actor: str = "worker") -> None:
+    """The result of checking a backup against its manifest, with its audit row."""
+    with transaction.atomic():
+        Backup.objects.filter(id=backup_id).update(verified=verified)
+        audit(
+            "backup.verify",
+            actor=actor,
+            target=backup_id,
+            outcome="ok" if verified else "failed",
+            details={"verified": verified},
+        )
+    if not verified:
+        events.notify("error", f"Backup {backup_id} does not match its manifest (MANIFEST.sha256).")
+
+
 # --- config ---------------------------------------------------------------------------------------
 
 
@@ -466,6 +481,10 @@ def catalogue_sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
         scanned = _catalogue_rows(walked)
         if gone:
             Backup.objects.filter(id__in=gone).delete()
+        # A folder whose content changed since it was verified is not verified any more.
+        changed = [row.id for row in scanned if row.id in known and known[row.id] != row.signature]
+        if changed:
+            Backup.objects.filter(id__in=changed, verified=True).update(verified=False)
         for batch_start in range(0, len(scanned), 500):
             Backup.objects.bulk_create(
                 scanned[batch_start : batch_start + 500],

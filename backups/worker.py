@@ -307,12 +307,24 @@ class RunExecution:
         final = self.tracker.finish(end.status == RunStatus.SUCCEEDED)
         stage = final.stage if end.status in (RunStatus.SUCCEEDED, RunStatus.FAILED) else end.status
         run = self.worker._finish(self.run, end, final.percent, stage, final.message)
+        if end.status == RunStatus.SUCCEEDED and run.backup_id:
+            self.verify(run.backup_id)
         if end.status == RunStatus.SUCCEEDED and not self.worker.stopping.is_set():
             try:
                 services.retention_apply()
             except Exception:
                 logger.exception("retention failed")
         return run
+
+    def verify(self, backup_id: str) -> None:
+        """Read the new backup back against the manifest its script wrote, if it wrote one."""
+        try:
+            verified = catalogue.verify_manifest(self.root, backup_id)
+        except Exception:
+            logger.exception("verification failed", extra={"backup_id": backup_id})
+            return
+        if verified is not None:
+            services.backup_record_verification(backup_id=backup_id, verified=verified)
 
     def outcome(self, result: runner.RunResult) -> services.RunEnd:
         reason = runner.EndReason

@@ -913,3 +913,43 @@ def test_created_at_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def _manifest(folder: Path, files: dict[str, bytes]) -> None:
+    import hashlib
+
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    lines = [f"{hashlib.sha256(data).hexdigest()}  {rel}" for rel, data in sorted(files.items())]
+    (folder / catalogue.MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+
+
+def test_verify_manifest_checks_every_listed_file(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    folder = root / "backup-20260101_030000"
+    folder.mkdir(parents=True)
+    assert catalogue.verify_manifest(root, folder.name) is None  # nothing to verify against
+    _manifest(folder, {"db.sql": b"dump", "configs/app.env": b"A=1\n"})
+    assert catalogue.verify_manifest(root, folder.name) is True
+    (folder / "configs" / "app.env").write_bytes(b"A=2\n")
+    assert catalogue.verify_manifest(root, folder.name) is False
+    (folder / "configs" / "app.env").unlink()
+    assert catalogue.verify_manifest(root, folder.name) is False
+
+
+def test_verify_manifest_never_reads_outside_the_root(tmp_path: Path) -> None:
+    import hashlib
+
+    root = tmp_path / "root"
+    folder = root / "backup-20260101_030000"
+    folder.mkdir(parents=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside")
+    digest = hashlib.sha256(b"outside").hexdigest()
+    (folder / "link").symlink_to(secret)
+    for listed in ("../../secret.txt", str(secret), "link"):
+        (folder / catalogue.MANIFEST_NAME).write_text(f"{digest}  {listed}\n")
+        assert catalogue.verify_manifest(root, folder.name) is False
+    (folder / catalogue.MANIFEST_NAME).write_text("not a manifest\n")
+    assert catalogue.verify_manifest(root, folder.name) is False

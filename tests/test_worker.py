@@ -408,3 +408,15 @@ def test_a_missing_script_error_names_no_directory(worker, settings, tmp_path):
     settings.BACKUP_SCRIPT = tmp_path / "nowhere" / "backup.sh"
     run = run_once(worker)
     assert run.status == RunStatus.FAILED and str(tmp_path) not in run.error and "backup.sh" in run.error
+
+
+def test_a_new_backup_is_verified_against_its_manifest_until_it_changes(worker, backup_root):
+    run = run_once(worker)
+    backup = Backup.objects.get(id=run.backup_id)
+    assert backup.verified is True
+    from backups.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="backup.verify", target=run.backup_id, outcome="ok").exists()
+    (backup_root / run.backup_id / "added-later.txt").write_text("not in the manifest\n")
+    services.catalogue_sync()
+    assert Backup.objects.get(id=run.backup_id).verified is False
