@@ -10,10 +10,8 @@ import contextlib
 import http.client
 import json
 import os
-import secrets
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,43 +25,18 @@ from types import FrameType
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))  # benchmarks run as scripts: make the project importable
+from tests.servers import free_port  # noqa: E402, F401  (re-exported for the benchmarks)
+from tests.servers import server_env as tests_server_env  # noqa: E402
+
 PYTHON = sys.executable
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
-    """The environment of tests.conftest.server_env: everything under `tmp`, rate limit out of the way."""
-    env = dict(os.environ)
-    for name in ("REDIS_URL", "BACKUP_SCRIPT", "DATABASE_URL"):
-        env.pop(name, None)
-    env.update({
-        "BACKUP_ROOT": str(tmp / "backups"),
-        "BACKUP_SCRIPT_LOG": str(tmp / "script.log"),
-        "SERVICE_LOG": str(tmp / "service.log"),
-        "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-        "JWT_SECRET": "bench-" + secrets.token_hex(24),
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "DEBUG": "0",
-        "RATE_LIMIT": "10000000/1m",
-        "SHUTDOWN_GRACE_SECONDS": "3",
-        "BACKUP_KILL_GRACE_SECONDS": "2",
-        "WORKER_POLL_MS": "100",
-        "MIN_FREE_BYTES": "0",
-        "PYTHONUNBUFFERED": "1",
-        "BACKUP_APP_DIR": str(tmp / "src" / "app"),
-        "BACKUP_UPLOADS_DIR": str(tmp / "src" / "uploads"),
-        "BACKUP_CONFIGS_DIR": str(tmp / "src" / "configs"),
-        "BACKUP_SSL_DIR": str(tmp / "src" / "ssl"),
-        "BACKUP_NGINX_DIR": str(tmp / "src" / "nginx"),
-        "BACKUP_PG_PORT": "1",
-    })
-    env.update(overrides)
-    return env
+    """The tests' server environment (everything under `tmp`), with the rate limit and the free-disk
+    check out of the way of a benchmark."""
+    settings = {"RATE_LIMIT": "10000000/1m", "MIN_FREE_BYTES": "0", **overrides}
+    return tests_server_env(tmp, **settings)
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
