@@ -7,6 +7,7 @@ when present; a real environment variable wins over it. A bad value stops start-
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
@@ -97,7 +98,6 @@ if DEBUG and "ALLOWED_HOSTS" not in os.environ:
     ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
-    "daphne",  # runserver becomes an ASGI server; `serve` uses uvicorn for back-pressure
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -107,9 +107,14 @@ INSTALLED_APPS = [
     "corsheaders",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files served by the service itself, not from a CDN
     "channels",
     "backups",
 ]
+if importlib.util.find_spec("daphne") is not None:
+    # A development tool (requirements-dev.txt): `runserver` becomes an ASGI server. The service itself
+    # runs on uvicorn (`manage.py serve`), which streams downloads with back-pressure.
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     "backups.middleware.RequestIdMiddleware",
@@ -253,11 +258,18 @@ SPECTACULAR_SETTINGS = {
         "backups.auth.SuperuserSessionAuthentication",
     ],
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "backups.api.schema.contract_paths",
+    ],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
-        "BackupStatusEnum": "backups.models.BackupStatus",
-        "RunStatusEnum": "backups.models.RunStatus",
-        "BackupTypeEnum": "backups.models.BackupType",
-        "RunTypeEnum": "backups.models.RunType",
+        "BackupStatusEnum": "backups.catalogue.models.BackupStatus",
+        "RunStatusEnum": "backups.runs.models.RunStatus",
+        "BackupTypeEnum": "backups.catalogue.models.BackupType",
+        "RunTypeEnum": "backups.runs.models.RunType",
     },
 }
 

@@ -4,9 +4,9 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from backups.api.views import health
-from backups.metrics import metrics_view
-from backups.views import dashboard
+from backups.api.views.metrics import metrics_view
+from backups.api.views.status import health
+from backups.dashboard import dashboard
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),

@@ -97,14 +97,14 @@ def measure_sync_in_process(tmp: Path, root: Path) -> tuple[float, float, dict[s
     django.setup()
     from django.core.management import call_command
 
-    from backups import services
+    from backups.catalogue import sync
 
     call_command("migrate", verbosity=0, interactive=False)
     started = time.perf_counter()
-    first_result = services.catalogue_sync()
+    first_result = sync.sync()
     first = time.perf_counter() - started
     started = time.perf_counter()
-    second_result = services.catalogue_sync()
+    second_result = sync.sync()
     second = time.perf_counter() - started
     return first, second, first_result, second_result
 

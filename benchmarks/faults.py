@@ -609,7 +609,7 @@ def scenario_disk_full(ctx: Context, out: Scenario) -> None:
         f"status {statuses}",
         all(code == 200 for code in statuses),
     )
-    # CONTRACT: deleting `latest`'s target re-points it to the newest remaining *completed* backup.
+    # The API promises: deleting `latest`'s target re-points it to the newest remaining *completed* backup.
     if latest_before_id:
         code = delete(ctx.api, latest_before_id)
         status, now_latest = ctx.api.backup("latest")

@@ -50,7 +50,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 sys.path.insert(0, str(PROJECT))
-from backups.config_document import default_document  # noqa: E402  (the project's root is on the path now)
+from backups.config.document import default_document  # noqa: E402  (the project's root is on the path now)
 
 TIME_BUDGET = 270.0  # seconds for both phases together (the brief: < 5 min)
 MAX_POSITIVE = 50
@@ -90,7 +90,7 @@ VALID_CONFIG = {**default_document(), "enabled": False, "retention": {"daily": 0
 
 
 # The OpenAPI document types these answers as a bare object, so schema conformance cannot see a missing
-# key: the keys CONTRACT.md §3 promises are checked here.
+# key: the keys the README promises are checked here.
 STATUS_KEYS = {
     "running": None,
     "current_run": None,
@@ -115,12 +115,12 @@ PROGRESS_KEYS = {"percent", "stage", "message"}
 
 
 def contract_problems(label: str, status: int, body: Any) -> list[str]:
-    """Keys of CONTRACT.md §3 missing from a 2xx answer the document leaves untyped."""
+    """Keys the README promises, missing from a 2xx answer the document leaves untyped."""
     method, path = label.split(" ", 1)
     wanted: dict[str, set[str] | None] | None = None
-    if path == "/api/backup/status/" and status == 200:
+    if path == "/api/backup/status" and status == 200:
         wanted = STATUS_KEYS
-    elif path == "/api/backup/config/" and status == 200:
+    elif path == "/api/backup/config" and status == 200:
         wanted = CONFIG_KEYS
     problems: list[str] = []
     if wanted is not None:
@@ -132,11 +132,11 @@ def contract_problems(label: str, status: int, body: Any) -> list[str]:
             elif inner and (not isinstance(body[key], dict) or not inner <= set(body[key])):
                 problems.append(f"`{key}` lacks {sorted(inner - set(body[key] or {}))}")
     runs: list[Any] = []
-    if path == "/api/backup/runs/{id}/" and status == 200:
+    if path == "/api/backup/runs/{id}" and status == 200:
         runs = [body]
-    elif path == "/api/backup/runs/" and status == 200 and isinstance(body, dict):
+    elif path == "/api/backup/runs" and status == 200 and isinstance(body, dict):
         runs = body.get("results") or []
-    elif path == "/api/backup/create/" and status == 202 and isinstance(body, dict):
+    elif path == "/api/backup/create" and status == 202 and isinstance(body, dict):
         runs = [body.get("run")]
     for run in runs:
         progress = run.get("progress") if isinstance(run, dict) else None
@@ -367,7 +367,7 @@ class Fuzzer:
         path = operation.path
         method = operation.method.upper()
         cases: list[dict[str, Any]] = []
-        if "{id}" in path and path.startswith("/api/backup/runs/"):
+        if "{id}" in path and path.startswith("/api/backup/runs"):
             cases += [{"path_parameters": {"id": run}} for run in runs[:3]]
             cases.append({"path_parameters": {"id": "00000000-0000-0000-0000-000000000000"}})
         elif "{id}" in path:
@@ -375,7 +375,7 @@ class Fuzzer:
             if method == "DELETE":  # keep one seed for the operations after this one
                 ids = ["latest", OUTSIDE_LINK, "..", "backup-does-not-exist", *backups[-1:]]
             cases += [{"path_parameters": {"id": one}} for one in ids]
-            if path.endswith("/download/"):
+            if path.endswith("/download"):
                 target = backups[0] if backups else "latest"
                 for rel in (
                     "configs/app.env",
@@ -386,26 +386,26 @@ class Fuzzer:
                     "nope.txt",
                 ):
                     cases.append({"path_parameters": {"id": target}, "query": {"file": rel}})
-        elif path.endswith("/config/") and method == "PUT":
+        elif path.endswith("/config") and method == "PUT":
             cases += [{"body": VALID_CONFIG}, {"body": {**VALID_CONFIG, "unknown": 1}}]
-        elif path.endswith("/config/") and method == "PATCH":
+        elif path.endswith("/config") and method == "PATCH":
             cases += [
                 {"body": {"schedule": "30 2 * * *"}},
                 {"body": {"schedule": "61 * * * *"}},
                 {"body": {"notifications": {"webhook": "ftp://x"}}},
             ]
-        elif path.endswith("/create/"):
+        elif path.endswith("/create"):
             cases += [
                 {"body": {"type": "manual", "description": "fuzz"}},
                 {"body": {}},
                 {"body": {"type": "scheduled"}},
                 {"body": {"description": "x" * 501}},
             ]
-        elif path.endswith("/logs/"):
+        elif path.endswith("/logs"):
             cases += [{"query": {"source": source}} for source in ("script", "service", "audit")]
             cases += [{"query": {"source": "run", "run": run}} for run in runs[:1]]
             cases += [{"query": {"lines": 0}}, {"query": {"lines": 5001}}]
-        elif path.endswith("/list/"):
+        elif path.endswith("/list"):
             cases += [
                 {"query": {"page_size": 1, "page": 2, "ordering": "-size_bytes", "status": "completed"}},
                 {"query": {"page_size": 501}},
@@ -444,7 +444,7 @@ class Fuzzer:
         plain = operation.as_strategy(generation_mode=mode)
         if "{id}" not in operation.path or mode is GenerationMode.NEGATIVE:
             return plain
-        real = runs if operation.path.startswith("/api/backup/runs/") else ["latest", *backups]
+        real = runs if operation.path.startswith("/api/backup/runs") else ["latest", *backups]
         if not real:
             return plain
         # Half the cases on a real id: generated ids are almost always 404 and reach nothing.
@@ -646,7 +646,7 @@ def main() -> int:
     if untyped:
         report.note(
             "2xx answers typed only as a bare object in the OpenAPI document (conformance cannot "
-            "fail there; checked against CONTRACT.md's keys instead): " + ", ".join(untyped)
+            "fail there; checked against the README's keys instead): " + ", ".join(untyped)
         )
     report.note(f"seed backups re-created {fuzzer.reseeded} times between operations (DELETE/retention)")
     ok = all(met != "**NO**" for *_, met in report.rows)

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from rest_framework.test import APIClient
 
+from backups.catalogue import sync
 from tests.servers import (  # noqa: F401  (re-exported for the test modules)
     PROJECT,
     REFERENCE_SCRIPT,
@@ -20,13 +21,13 @@ from tests.servers import (  # noqa: F401  (re-exported for the test modules)
     make_sources,
     manage,
     server_env,
+    start_worker,
 )
 
 
 @pytest.fixture
 def backup_root(tmp_path: Path, settings) -> Path:
     """An empty backup root, wired into the settings (script log and service log beside it)."""
-    from backups import selectors
 
     root = tmp_path / "backups"
     root.mkdir()
@@ -34,7 +35,7 @@ def backup_root(tmp_path: Path, settings) -> Path:
     settings.BACKUP_SCRIPT_LOG = tmp_path / "log" / "beauty-backup.log"
     settings.BACKUP_SCRIPT = REFERENCE_SCRIPT
     settings.MIN_FREE_BYTES = 0
-    selectors._seen_root_signature = None
+    sync.reset()
     return root
 
 

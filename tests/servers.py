@@ -97,6 +97,19 @@ class ServerProcess:
             return self.process.wait(10)
 
 
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`manage.py backup_worker` in its own process group, its output appended to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "backup_worker"],
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def make_sources(tmp: Path) -> None:
     """Small real trees for the reference script to archive (its BACKUP_*_DIR must exist)."""
     for folder, files in {

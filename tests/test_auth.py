@@ -1,4 +1,4 @@
-"""CONTRACT §2: only valid tokens with SUPER_ADMIN get in; everything else is 401/403 and audited."""
+"""Only valid tokens with SUPER_ADMIN get in; everything else is 401/403 and audited."""
 
 from __future__ import annotations
 

@@ -22,9 +22,11 @@ from django.test import Client
 from django.urls import reverse
 
 from backup_platform.asgi import application
-from backups import catalogue, services
+from backups.audit import Actor
+from backups.catalogue import latest, sync
 from backups.download_links import signed_download_url
 from backups.models import Run, RunStatus
+from backups.runs.services import run_enqueue
 from tests.conftest import make_backup
 
 A, B = "backup-20260101_030000", "backup-20260102_030000"
@@ -34,8 +36,8 @@ A, B = "backup-20260101_030000", "backup-20260102_030000"
 def backups_on_disk(backup_root: Path) -> Path:
     make_backup(backup_root, A, mtime=1767236400)
     make_backup(backup_root, B, mtime=1767322800)
-    catalogue.set_latest(backup_root, B)
-    services.catalogue_sync()
+    latest.set_latest(backup_root, B)
+    sync.sync()
     return backup_root
 
 
@@ -187,7 +189,7 @@ async def test_websocket_accepts_a_superuser_session_without_a_token(
     assert status["data"]["running"] is False
 
     # A backup queued elsewhere (the admin, the API) reaches the page as it happens.
-    await database_sync_to_async(services.run_enqueue)(actor="admin")
+    await database_sync_to_async(run_enqueue)(actor=Actor("admin"))
     notification = await ws.receive_json_from(timeout=5)
     assert notification == {
         "event": "system-notification",

@@ -9,24 +9,22 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from backups import catalogue, services
-from backups.api.serializers import RunSerializer
-from backups.config_document import ConfigInvalid
-
-
-def client_ip(request: Any) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+from backups.api.serializers.runs import RunSerializer
+from backups.audit import Actor, audit
+from backups.catalogue.paths import CatalogueError
+from backups.config.document import ConfigInvalid
+from backups.errors import ServiceError
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     request = context.get("request")
-    if isinstance(exc, services.ServiceError):
+    if isinstance(exc, ServiceError):
         data: dict[str, Any] = {"detail": exc.message}
         if "run" in exc.extra:
             run = exc.extra["run"]
             data["run"] = RunSerializer(run).data if run is not None else None
         return Response(data, status=exc.status_code)
-    if isinstance(exc, catalogue.CatalogueError):
+    if isinstance(exc, CatalogueError):
         # The root itself is unreadable (permissions, a broken mount): the service is degraded, and
         # /health says so; the answer names no path.
         return Response({"detail": "The backup root is not readable right now."}, status=503)
@@ -47,17 +45,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 def _audit_refusal(request: Any, exc: Exception) -> None:
-    from backups.auth import actor_of
-
-    user = getattr(request, "_user", None)
+    # `_user`: the user DRF settled on, if any (reading `request.user` would authenticate again).
+    actor = Actor.from_request(request, user=getattr(request, "_user", None))
     try:
         with transaction.atomic():
-            services.audit(
+            audit(
                 "auth.refused" if not isinstance(exc, exceptions.PermissionDenied) else "auth.forbidden",
-                actor=actor_of(user),
+                actor=actor,
                 target=request.path[:300],
                 outcome="refused",
-                ip=client_ip(request),
                 details={"method": request.method, "reason": str(getattr(exc, "detail", exc))[:300]},
             )
     except Exception:  # the refusal is answered even if the audit store is down

@@ -1,4 +1,9 @@
-"""Teach drf-spectacular our authentication classes, so /api/docs/ offers Bearer auth."""
+"""The OpenAPI document: our authentication classes taught to drf-spectacular (so /api/docs/ offers
+Bearer auth), and the paths spelled exactly as the contract spells them."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
@@ -40,3 +45,82 @@ class SignedLinkScheme(OpenApiAuthenticationExtension):
             "name": "sig",
             "description": "A short-lived link from POST /api/backup/<id>/download-link.",
         }
+
+
+# The pages and the probe that are not DRF views, described by hand so that the document's paths are
+# exactly the contract's.
+_JSON = "application/json"
+EXTRA_PATHS: dict[str, dict[str, Any]] = {
+    "/health": {
+        "get": {
+            "operationId": "health_retrieve",
+            "summary": "Liveness and readiness: database, backup root, script, worker. No authentication.",
+            "tags": ["health"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "ok or degraded",
+                    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+                "503": {
+                    "description": "error: the database is unreachable",
+                    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Health"}}},
+                },
+            },
+        }
+    },
+    "/api/schema/": {
+        "get": {
+            "operationId": "schema_retrieve",
+            "summary": "This OpenAPI 3 document (YAML; `?format=json` for JSON).",
+            "tags": ["schema"],
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI document",
+                    "content": {
+                        "application/vnd.oai.openapi": {"schema": {"type": "object"}},
+                        "application/vnd.oai.openapi+json": {"schema": {"type": "object"}},
+                    },
+                }
+            },
+        }
+    },
+    "/api/docs/": {
+        "get": {
+            "operationId": "docs_retrieve",
+            "summary": "The interactive page of this document (Swagger UI, served by the service).",
+            "tags": ["schema"],
+            "responses": {"200": {"description": "an HTML page", "content": {"text/html": {"schema": {}}}}},
+        }
+    },
+}
+HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "checks", "version", "uptime_seconds"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "error"]},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean"}, "detail": {"type": "string"}},
+            },
+        },
+        "version": {"type": "string"},
+        "uptime_seconds": {"type": "number"},
+    },
+}
+
+
+def contract_paths(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular hook: the API answers with or without a trailing slash, and the document spells
+    every path as the contract does (none under /api/backup/), plus the non-DRF pages and probe."""
+    paths = {
+        (path.rstrip("/") if path.startswith("/api/backup/") else path): item
+        for path, item in result.get("paths", {}).items()
+    }
+    paths.update(EXTRA_PATHS)
+    result["paths"] = dict(sorted(paths.items()))
+    result.setdefault("components", {}).setdefault("schemas", {})["Health"] = HEALTH_SCHEMA
+    return result

@@ -1,28 +1,28 @@
 from django.urls import re_path
 
-from backups.api import views
+from backups.api.views import backups, config, logs, runs, script, status
 
-backup_list = views.BackupViewSet.as_view({"get": "list"})
-backup_detail = views.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+backup_list = backups.BackupViewSet.as_view({"get": "list"})
+backup_detail = backups.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
 # Manual mapping skips the router, so an @action's own options (the download's signed-link
 # authentication) are passed here.
-backup_download = views.BackupViewSet.as_view({"get": "download"}, **views.BackupViewSet.download.kwargs)
-backup_download_link = views.BackupViewSet.as_view({"post": "download_link"})
-backup_pin = views.BackupViewSet.as_view({"post": "pin"})
-backup_unpin = views.BackupViewSet.as_view({"post": "unpin"})
-run_list = views.RunViewSet.as_view({"get": "list"})
-run_detail = views.RunViewSet.as_view({"get": "retrieve"})
-run_cancel = views.RunViewSet.as_view({"post": "cancel"})
+backup_download = backups.BackupViewSet.as_view({"get": "download"}, **backups.BackupViewSet.download.kwargs)
+backup_download_link = backups.BackupViewSet.as_view({"post": "download_link"})
+backup_pin = backups.BackupViewSet.as_view({"post": "pin"})
+backup_unpin = backups.BackupViewSet.as_view({"post": "unpin"})
+run_list = runs.RunViewSet.as_view({"get": "list"})
+run_detail = runs.RunViewSet.as_view({"get": "retrieve"})
+run_cancel = runs.RunViewSet.as_view({"post": "cancel"})
 
 # The original service's paths, without trailing slashes (one is tolerated). The fixed names come
 # first: a backup id never shadows them.
 urlpatterns = [
-    re_path(r"^status/?$", views.StatusView.as_view(), name="backup-status"),
+    re_path(r"^status/?$", status.StatusView.as_view(), name="backup-status"),
     re_path(r"^list/?$", backup_list, name="backup-list"),
-    re_path(r"^create/?$", views.CreateBackupView.as_view(), name="backup-create"),
-    re_path(r"^logs/?$", views.LogsView.as_view(), name="backup-logs"),
-    re_path(r"^config/?$", views.ConfigView.as_view(), name="backup-config"),
-    re_path(r"^test-script/?$", views.TestScriptView.as_view(), name="backup-test-script"),
+    re_path(r"^create/?$", runs.CreateBackupView.as_view(), name="backup-create"),
+    re_path(r"^logs/?$", logs.LogsView.as_view(), name="backup-logs"),
+    re_path(r"^config/?$", config.ConfigView.as_view(), name="backup-config"),
+    re_path(r"^test-script/?$", script.TestScriptView.as_view(), name="backup-test-script"),
     re_path(r"^runs/?$", run_list, name="run-list"),
     re_path(r"^runs/(?P<pk>[^/]+)/?$", run_detail, name="run-detail"),
     re_path(r"^runs/(?P<pk>[^/]+)/cancel/?$", run_cancel, name="run-cancel"),

@@ -9,14 +9,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from backups import events
-from backups.services import ensure_backup_root
+from backups.catalogue.services import ensure_backup_root
 
 
 class Command(BaseCommand):
     help = "Run queued backups, the schedule, retention and catalogue sync."
 
     def handle(self, *args, **options) -> None:
-        from backups.worker import Worker
+        from backups.worker.loop import Worker
 
         ensure_backup_root()
 

@@ -11,8 +11,10 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from backups import services
-from backups.models import Run, RunStatus
+from backups.audit import CLI
+from backups.errors import Conflict
+from backups.runs.models import Run, RunStatus
+from backups.runs.services import run_claim, run_enqueue
 
 
 class Command(BaseCommand):
@@ -22,26 +24,27 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="", help="recorded with the run (max 500 chars)")
 
     def handle(self, *args, description: str, **options) -> None:
-        from backups.worker import Worker
+        from backups.worker.loop import Worker
 
         if len(description) > 500:
             raise CommandError("--description is longer than 500 characters")
         try:
-            run = services.run_enqueue(actor="cli", description=description)
-        except services.Conflict as error:
+            run = run_enqueue(actor=CLI, description=description)
+        except Conflict as error:
             current = error.extra.get("run")
             raise CommandError(
                 f"a backup is already queued or running ({current.id if current else '?'})"
             ) from None
         self.stdout.write(f"run {run.id} queued")
         worker = Worker(label="cli")
-        if worker.hold_lease() and services.run_claim(run=run, worker=worker.id):
+        if worker.hold_lease() and run_claim(run=run, worker=worker.id):
             import threading
 
             watcher = threading.Thread(target=self.follow, args=(run.id,), daemon=True)
             watcher.start()
             try:
                 worker.execute(run)
+                worker.do_duties()  # what the loop would do next: check the backup, apply retention
             finally:
                 worker.release_lease()
             watcher.join(2)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from backups import events
-from backups.services import ensure_backup_root
+from backups.catalogue.services import ensure_backup_root
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="run backups in `backup_worker` instead")
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
-        from backups.worker import Worker
+        from backups.worker.loop import Worker
 
         ensure_backup_root()
 

@@ -1,0 +1,226 @@
+"""The backups: the catalogue as the disk has it; delete, pin and download go through the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from backups.admin.site import FLAG_HTML, SuperuserReadOnlyAdmin, badge
+from backups.audit import Actor
+from backups.catalogue import sync
+from backups.catalogue.models import Backup
+from backups.catalogue.services import backup_delete, backup_set_pinned, deletion_refusal
+from backups.download_links import signed_download_url
+from backups.errors import ServiceError
+from backups.runs.selectors import current_run
+
+FILES_SHOWN = 500
+
+
+def _delete_refusals(backups: list[Backup]) -> dict[str, str]:
+    """Why each of these backups cannot be deleted, checked for the whole selection before anything is
+    deleted (so a mixed selection deletes nothing). The rule is `deletion_refusal`, the one
+    `backup_delete` enforces, which stays the final judge of every single deletion."""
+    running = current_run()
+    refusals = {}
+    for backup in backups:
+        refusal = deletion_refusal(backup, backup_id=backup.id, running=running)
+        if refusal:
+            refusals[backup.id] = refusal
+    return refusals
+
+
+@admin.register(Backup)
+class BackupAdmin(SuperuserReadOnlyAdmin):
+    list_display = (
+        "id",
+        "created_at",
+        "status_badge",
+        "size",
+        "type",
+        "started_by",
+        "flags",
+    )
+    list_filter = ("status", "type", "pinned", "is_latest", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("id", "description", "triggered_by")
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    actions = ("delete_backups", "pin_backups", "unpin_backups")
+    fieldsets = (
+        (
+            None,
+            {"fields": ("id", "created_at", "status_badge", "type", "description", "started_by", "run_link")},
+        ),
+        ("Contents", {"fields": ("size", "file_count", "files_table")}),
+        ("Flags", {"fields": ("is_latest", "pinned", "verified", "synced_at")}),
+    )
+    readonly_fields = (
+        "id",
+        "created_at",
+        "status_badge",
+        "type",
+        "description",
+        "started_by",
+        "run_link",
+        "size",
+        "file_count",
+        "files_table",
+        "is_latest",
+        "pinned",
+        "verified",
+        "synced_at",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Backup]:
+        queryset = super().get_queryset(request)
+        # A backup's file list can hold thousands of entries; a page of rows does not need them.
+        return queryset.defer("files", "signature") if self._on_changelist(request) else queryset
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        sync.ensure_fresh()
+        return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        backup = self.get_object(request, unquote(object_id))
+        context = {**(extra_context or {})}
+        if backup is not None and backup.status != "running":
+            context["download_url"] = signed_download_url(backup.id, request.user)
+        return super().change_view(request, object_id, form_url, context)
+
+    def get_list_display(self, request: HttpRequest) -> tuple[Any, ...]:
+        # The signed link names the user who will follow it, so the column needs the request.
+        @admin.display(description="Download")
+        def download(backup: Backup) -> str:
+            if backup.status == "running":
+                return "—"
+            return format_html(
+                '<a href="{}" download>Download</a>', signed_download_url(backup.id, request.user)
+            )
+
+        return (*self.list_display, download)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, backup: Backup) -> SafeString:
+        return badge(backup.status)
+
+    @admin.display(description="Size", ordering="size_bytes")
+    def size(self, backup: Backup) -> str:
+        return filesizeformat(backup.size_bytes)
+
+    @admin.display(description="Started by", ordering="triggered_by")
+    def started_by(self, backup: Backup) -> str:
+        return backup.triggered_by or "—"
+
+    @admin.display(description="Flags")
+    def flags(self, backup: Backup) -> str:
+        # One column for three booleans keeps the list readable beside the filters on a laptop screen.
+        names = [
+            name
+            for name, on in (
+                ("latest", backup.is_latest),
+                ("pinned", backup.pinned),
+                ("verified", backup.verified),
+            )
+            if on
+        ]
+        return format_html_join(" ", FLAG_HTML, ((name,) for name in names)) or "—"
+
+    @admin.display(description="Run")
+    def run_link(self, backup: Backup) -> str:
+        if not backup.run_id:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:backups_run_change", args=[backup.run_id]), backup.run_id
+        )
+
+    @admin.display(description="Files")
+    def files_table(self, backup: Backup) -> str:
+        files = backup.files or []
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td></tr>",
+            ((f["path"], filesizeformat(f["size_bytes"])) for f in files[:FILES_SHOWN]),
+        )
+        more = (
+            format_html("<p>… and {} more files.</p>", len(files) - FILES_SHOWN)
+            if len(files) > FILES_SHOWN
+            else ""
+        )
+        return format_html(
+            "<table><thead><tr><th>Path</th><th>Size</th></tr></thead><tbody>{}</tbody></table>{}", rows, more
+        )
+
+    @admin.action(description="Delete selected backups (their folders on disk)")
+    def delete_backups(self, request: HttpRequest, queryset: QuerySet[Backup]) -> TemplateResponse | None:
+        """Like Django's delete_selected: a confirmation page first, then the service deletes each folder
+        and re-points `latest` when needed."""
+        backups = list(queryset.defer("files"))
+        refusals = _delete_refusals(backups)
+        if refusals:
+            for backup_id, reason in refusals.items():
+                self.message_user(
+                    request,
+                    f"Nothing was deleted: {backup_id} cannot be deleted. {reason}",
+                    messages.ERROR,
+                )
+            return None
+        if request.POST.get("post") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/backups/backup/delete_selected_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Delete backups?",
+                    "opts": self.opts,
+                    "backups": backups,
+                    "total_size": sum(backup.size_bytes for backup in backups),
+                    "includes_latest": any(backup.is_latest for backup in backups),
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                },
+            )
+        deleted = []
+        for backup in backups:
+            try:
+                backup_delete(backup_id=backup.id, actor=Actor.from_request(request))
+            except ServiceError as error:
+                self.message_user(request, f"{backup.id}: {error.message}", messages.ERROR)
+            else:
+                deleted.append(backup.id)
+        if deleted:
+            self.message_user(
+                request, f"Deleted {len(deleted)} backup(s): {', '.join(deleted)}.", messages.SUCCESS
+            )
+        return None
+
+    @admin.action(description="Pin selected backups (retention and delete keep them)")
+    def pin_backups(self, request: HttpRequest, queryset: QuerySet[Backup]) -> None:
+        self._set_pinned(request, queryset, pinned=True)
+
+    @admin.action(description="Unpin selected backups")
+    def unpin_backups(self, request: HttpRequest, queryset: QuerySet[Backup]) -> None:
+        self._set_pinned(request, queryset, pinned=False)
+
+    def _set_pinned(self, request: HttpRequest, queryset: QuerySet[Backup], *, pinned: bool) -> None:
+        ids = list(queryset.values_list("id", flat=True))
+        for backup_id in ids:
+            backup_set_pinned(backup_id=backup_id, pinned=pinned, actor=Actor.from_request(request))
+        verb = "Pinned" if pinned else "Unpinned"
+        self.message_user(request, f"{verb} {len(ids)} backup(s).", messages.SUCCESS)

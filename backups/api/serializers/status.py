@@ -1,0 +1,39 @@
+"""The status document, rendered from `status.documents.status()` for REST and WebSocket alike."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from backups.api.serializers.backups import BackupListSerializer
+from backups.api.serializers.runs import RunSerializer
+
+
+class CountSizeSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    total_size_bytes = serializers.IntegerField()
+
+
+class DiskSerializer(serializers.Serializer):
+    total_bytes = serializers.IntegerField()
+    free_bytes = serializers.IntegerField()
+
+
+class ScriptStateSerializer(serializers.Serializer):
+    available = serializers.BooleanField()
+
+
+class ScheduleStateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    schedule = serializers.CharField()
+
+
+class StatusSerializer(serializers.Serializer):
+    running = serializers.BooleanField()
+    current_run = RunSerializer(allow_null=True)
+    last_backup = BackupListSerializer(allow_null=True)
+    last_successful_run = RunSerializer(allow_null=True)
+    next_scheduled_at = serializers.DateTimeField(allow_null=True)
+    backups = CountSizeSerializer()
+    disk = DiskSerializer()
+    script = ScriptStateSerializer()
+    config = ScheduleStateSerializer()

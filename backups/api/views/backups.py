@@ -1,0 +1,124 @@
+"""`/api/backup/list`, `/api/backup/<id>` (GET, DELETE), `/api/backup/<id>/download` and the
+browser helpers around them. `latest` is an alias of the newest completed backup wherever a GET takes
+an id."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from backups.api.downloads import download_file, download_tar
+from backups.api.pagination import Pagination, choice_param
+from backups.api.serializers.backups import BackupListSerializer, BackupSerializer, DownloadLinkSerializer
+from backups.audit import Actor
+from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthentication
+from backups.catalogue import selectors, sync
+from backups.catalogue.models import Backup, BackupStatus
+from backups.catalogue.services import backup_delete, backup_set_pinned
+from backups.download_links import SignedLinkAuthentication, signed_download_url
+
+
+class BackupViewSet(viewsets.GenericViewSet):
+    """The catalogue: folders directly inside BACKUP_ROOT."""
+
+    serializer_class = BackupSerializer
+    pagination_class = Pagination
+    lookup_value_regex = "[^/]+"
+    queryset = Backup.objects.all()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=BackupStatus.values),
+            OpenApiParameter("ordering", str, enum=list(selectors.ORDERINGS)),
+            OpenApiParameter("page_size", int, description="1-500, default 50"),
+        ],
+        responses=BackupListSerializer(many=True),
+    )
+    def list(self, request: Request) -> Response:
+        sync.ensure_fresh()
+        queryset = selectors.list_backups(
+            status=choice_param(request, "status", BackupStatus.values),
+            ordering=choice_param(request, "ordering", selectors.ORDERINGS) or "-created_at",
+        )
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(BackupListSerializer(page, many=True).data)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(BackupSerializer(_fresh_backup(pk)).data)
+
+    @extend_schema(
+        responses={
+            204: None,
+            404: OpenApiResponse(description="unknown"),
+            409: OpenApiResponse(description="running or pinned"),
+        }
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        sync.ensure_fresh()
+        backup_delete(backup_id=pk, actor=Actor.from_request(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("file", str, description="relative path of one file in the backup")],
+        responses={
+            (200, "application/x-tar"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="unknown backup or file"),
+            416: OpenApiResponse(description="range not satisfiable"),
+        },
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        authentication_classes=[
+            PlatformJWTAuthentication,
+            SuperuserSessionAuthentication,
+            SignedLinkAuthentication,
+        ],
+    )
+    def download(self, request: Request, pk: str) -> HttpResponse:
+        backup = _fresh_backup(pk)
+        rel_path = request.query_params.get("file")
+        if rel_path is not None:
+            return download_file(request, backup, rel_path)
+        return download_tar(request, backup)
+
+    # Outside the contract (so outside the OpenAPI document, whose paths are exactly the contract's):
+    # what the admin's and the dashboard's buttons call.
+
+    @extend_schema(exclude=True)
+    @action(detail=True, methods=["post"], url_path="download-link")
+    def download_link(self, request: Request, pk: str) -> Response:
+        """A link that downloads this backup (or `?file=`) without a header, for a browser; it expires
+        after DOWNLOAD_LINK_TTL seconds and opens nothing else."""
+        backup = _fresh_backup(pk)
+        url = signed_download_url(backup.id, request.user, request.query_params.get("file") or None)
+        return Response(DownloadLinkSerializer({"url": url, "expires_in": settings.DOWNLOAD_LINK_TTL}).data)
+
+    @extend_schema(exclude=True)
+    @action(detail=True, methods=["post"])
+    def pin(self, request: Request, pk: str) -> Response:
+        """Protect a backup from delete and retention."""
+        return self._set_pinned(request, pk, pinned=True)
+
+    @extend_schema(exclude=True)
+    @action(detail=True, methods=["post"])
+    def unpin(self, request: Request, pk: str) -> Response:
+        return self._set_pinned(request, pk, pinned=False)
+
+    def _set_pinned(self, request: Request, pk: str, *, pinned: bool) -> Response:
+        backup = backup_set_pinned(
+            backup_id=_fresh_backup(pk).id, pinned=pinned, actor=Actor.from_request(request)
+        )
+        return Response(BackupSerializer(backup).data)
+
+
+def _fresh_backup(backup_id: str) -> Backup:
+    sync.ensure_fresh(backup_id)
+    return selectors.get_backup(backup_id)

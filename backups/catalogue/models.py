@@ -1,0 +1,46 @@
+"""The catalogue row of one backup folder. Disk is the truth; a row is what the last sync saw."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class BackupStatus(models.TextChoices):
+    COMPLETED = "completed"
+    RUNNING = "running"
+    FAILED = "failed"
+    INCOMPLETE = "incomplete"
+
+
+class BackupType(models.TextChoices):
+    MANUAL = "manual"
+    SCHEDULED = "scheduled"
+    EXTERNAL = "external"
+
+
+class Backup(models.Model):
+    """One folder directly inside BACKUP_ROOT. Disk is the truth; this row is its catalogue entry."""
+
+    id = models.CharField(primary_key=True, max_length=200)
+    created_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=16, choices=BackupStatus.choices, default=BackupStatus.COMPLETED)
+    type = models.CharField(max_length=16, choices=BackupType.choices, default=BackupType.EXTERNAL)
+    description = models.CharField(max_length=500, blank=True, default="")
+    triggered_by = models.CharField(max_length=200, blank=True, default="")
+    size_bytes = models.BigIntegerField(default=0, db_index=True)
+    file_count = models.IntegerField(default=0)
+    files = models.JSONField(default=list, blank=True)  # [{"path", "size_bytes"}], sorted by path
+    pinned = models.BooleanField(default=False)
+    verified = models.BooleanField(default=False)
+    is_latest = models.BooleanField(default=False)
+    run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Change signature of the folder at its last scan: equal signature -> no re-walk needed.
+    signature = models.CharField(max_length=4000, blank=True, default="")
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.id

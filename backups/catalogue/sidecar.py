@@ -1,0 +1,124 @@
+"""Metadata the disk cannot hold in the folder itself (type, description, who started it), kept in
+`BACKUP_ROOT/.backup-service/<id>.json` so that a lost database can be rebuilt from the folders.
+
+Every operation is relative to a no-follow descriptor of the service folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from backups.catalogue.paths import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    NEW_FILE_FLAGS,
+    SERVICE_DIR,
+    CatalogueError,
+    is_valid_id,
+    not_found,
+)
+
+METADATA_TMP_MARKER = ".json.tmp-"
+
+
+_MAX_METADATA_BYTES = 1 << 20
+
+
+def service_dir_fd(root: Path, *, create: bool) -> int | None:
+    """fd of root/SERVICE_DIR opened without following symlinks (None if missing and not created).
+
+    All metadata file operations are relative to this fd, so a SERVICE_DIR replaced by a symlink can
+    never make us read, write or unlink outside the root.
+    """
+    path = Path(root) / SERVICE_DIR
+    if create:
+        try:
+            os.mkdir(path, 0o750)
+        except FileExistsError:
+            pass
+        except OSError:
+            raise CatalogueError("cannot create service directory") from None
+    try:
+        return os.open(path, DIR_FLAGS)
+    except FileNotFoundError:
+        if create:
+            raise CatalogueError("cannot open service directory") from None
+        return None
+    except OSError:
+        raise CatalogueError("service directory is not a real directory") from None
+
+
+def remove_metadata(root: Path, backup_id: str) -> None:
+    try:
+        fd = service_dir_fd(root, create=False)
+    except CatalogueError:
+        return
+    if fd is None:
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(f"{backup_id}.json", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def write_metadata(root: Path, backup_id: str, data: Mapping[str, Any]) -> None:
+    """Values that JSON cannot encode (datetime, UUID, Decimal, ...) are stored as str()."""
+    if not is_valid_id(backup_id):
+        raise not_found()
+    payload = json.dumps(dict(data), default=str, sort_keys=True).encode("utf-8")
+    fd = service_dir_fd(root, create=True)
+    assert fd is not None
+    final = f"{backup_id}.json"
+    tmp = f".{backup_id}{METADATA_TMP_MARKER}{secrets.token_hex(6)}"
+    try:
+        try:
+            out = os.open(tmp, NEW_FILE_FLAGS, 0o640, dir_fd=fd)
+        except OSError:
+            raise CatalogueError("cannot write metadata") from None
+        try:
+            with open(out, "wb", closefd=True) as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            # Atomic: readers see the previous JSON or the new one, never a partial file.
+            os.replace(tmp, final, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise CatalogueError("cannot write metadata") from None
+    finally:
+        os.close(fd)
+
+
+def read_metadata(root: Path, backup_id: str) -> dict[str, Any]:
+    if not is_valid_id(backup_id):
+        raise not_found()
+    try:
+        fd = service_dir_fd(root, create=False)
+    except CatalogueError:
+        return {}
+    if fd is None:
+        return {}
+    try:
+        try:
+            f = os.open(f"{backup_id}.json", FILE_FLAGS, dir_fd=fd)
+        except OSError:
+            return {}
+        with open(f, "rb", closefd=True) as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_METADATA_BYTES:
+                return {}
+            raw = fh.read(_MAX_METADATA_BYTES + 1)
+        value = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    finally:
+        os.close(fd)
+    return value if isinstance(value, dict) else {}

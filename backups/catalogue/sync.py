@@ -1,0 +1,213 @@
+"""The one owner of the catalogue's freshness: make the `Backup` rows match the folders on disk.
+
+Disk is the truth. A sync lists the root once, re-walks only folders whose change signature moved, and
+writes the rows in batches. `ensure_fresh()` is what views and consumers call before they read: it costs
+one `stat` of the root when nothing was added or removed since this process last looked.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from backups.catalogue import latest, scan, sidecar
+from backups.catalogue.models import Backup, BackupStatus, BackupType
+from backups.catalogue.paths import BackupNotFound, is_valid_id, resolve
+from backups.catalogue.services import repoint_latest
+from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+
+_lock = threading.Lock()
+_seen_root_signature: str | None = None
+
+
+def backup_root() -> Path:
+    return Path(settings.BACKUP_ROOT)
+
+
+def reset() -> None:
+    """Forget what this process has seen, so the next `ensure_fresh()` syncs (tests, settings changes)."""
+    global _seen_root_signature
+    _seen_root_signature = None
+
+
+def _root_signature(root: Path) -> str:
+    try:
+        stat = root.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_mtime_ns}:{stat.st_ino}"
+
+
+def ensure_fresh(backup_id: str | None = None) -> None:
+    """Re-sync before answering when folders were added or removed since this process last looked
+    (the root's mtime changes then); otherwise cost one stat. With `backup_id`, also sync that folder
+    when it exists on disk but has no row yet."""
+    global _seen_root_signature
+    signature = _root_signature(backup_root())
+    if signature != _seen_root_signature:
+        with _lock:
+            if signature != _seen_root_signature:
+                sync()
+                _seen_root_signature = signature
+    if backup_id and is_valid_id(backup_id) and not Backup.objects.filter(id=backup_id).exists():
+        try:
+            resolve(backup_root(), backup_id)
+        except BackupNotFound:
+            return
+        sync(force_ids=[backup_id])
+
+
+def sync_all() -> dict[str, int]:
+    """A full sync that also counts as this process having looked (the worker's start-up and periodic
+    syncs, so the first list request after them does not walk the root again)."""
+    global _seen_root_signature
+    with _lock:
+        signature = _root_signature(backup_root())
+        result = sync()
+        _seen_root_signature = signature
+    return result
+
+
+def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
+    """Make the Backup rows match the folders on disk. Folders whose change signature is unchanged are
+    not re-walked (unless named in `force_ids`), so a re-sync with nothing changed costs one listing."""
+    root = backup_root()
+    force = {backup_id for backup_id in force_ids if backup_id}
+    # A row still `running` is decided again whatever its signature: a crash between a run's end and
+    # the sync that follows it must not leave its folder `running` (out of retention, never latest).
+    force.update(Backup.objects.filter(status=BackupStatus.RUNNING).values_list("id", flat=True))
+    folders = {folder.name: folder for folder in scan.list_folders(root)}
+    known = dict(Backup.objects.values_list("id", "signature"))
+
+    walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]] = []
+    for name, folder in folders.items():
+        if name in known and known[name] == folder.signature and name not in force:
+            continue
+        try:
+            walked.append((name, scan.scan_backup(root, name), sidecar.read_metadata(root, name)))
+        except BackupNotFound:
+            continue  # vanished between the listing and the walk
+
+    gone = set(known) - set(folders)
+    with transaction.atomic():
+        # Statuses are decided here, from the runs as they are when the rows are written: a walk that
+        # began before a run ended must not write the run's folder back as running (or move `latest`).
+        scanned = _catalogue_rows(walked)
+        if gone:
+            Backup.objects.filter(id__in=gone).delete()
+        # A folder whose content changed since it was verified is not verified any more.
+        changed = [row.id for row in scanned if row.id in known and known[row.id] != row.signature]
+        if changed:
+            Backup.objects.filter(id__in=changed, verified=True).update(verified=False)
+        for batch_start in range(0, len(scanned), 500):
+            Backup.objects.bulk_create(
+                scanned[batch_start : batch_start + 500],
+                update_conflicts=True,
+                unique_fields=["id"],
+                update_fields=[
+                    "created_at",
+                    "status",
+                    "type",
+                    "description",
+                    "triggered_by",
+                    "size_bytes",
+                    "file_count",
+                    "files",
+                    "run",
+                    "signature",
+                    "synced_at",
+                ],
+            )
+        _sync_latest_flag(root)
+    return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+
+
+def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]) -> list[Backup]:
+    """Backup rows for walked folders. A folder a run of this database made takes its facts from that
+    run: the metadata file beside it may be missing (a full disk refuses it too), and a failed run's
+    folder must never read completed. The metadata only speaks for folders no known run made."""
+    if not walked:
+        return []
+    names = [name for name, _, _ in walked]
+    runs = Run.objects.exclude(backup_id="")
+    if len(names) <= 500:  # a short IN list; a first sync of thousands of folders reads every run instead
+        runs = runs.filter(backup_id__in=names)
+    fields = ("backup_id", "id", "status", "type", "description", "triggered_by")
+    runs_by_folder = {row["backup_id"]: row for row in runs.order_by("created_at").values(*fields)}
+    running = Run.objects.filter(status=RunStatus.RUNNING).exclude(backup_id="").first()
+    running_folder = running.backup_id if running else ""
+    named = [meta["run_id"] for _, _, meta in walked if isinstance(meta.get("run_id"), str)]
+    known_runs = {
+        str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
+    }
+    rows = []
+    now = timezone.now()
+    for name, found, meta in walked:
+        run = runs_by_folder.get(name)
+        facts = (
+            {**meta, **{key: str(run[key]) for key in ("type", "description", "triggered_by")}}
+            if run
+            else meta
+        )
+        meta_run = meta.get("run_id") if meta.get("run_id") in known_runs else None
+        rows.append(
+            Backup(
+                id=name,
+                created_at=found.created_at,
+                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
+                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
+                description=str(facts.get("description", ""))[:500],
+                triggered_by=str(facts.get("triggered_by", ""))[:200],
+                size_bytes=found.size_bytes,
+                file_count=len(found.files),
+                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
+                run_id=str(run["id"]) if run else meta_run,
+                signature=found.signature,
+                synced_at=now,
+            )
+        )
+    return rows
+
+
+def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, running_folder: str) -> str:
+    if name == running_folder or run_status in ACTIVE_RUN_STATUSES:
+        return BackupStatus.RUNNING
+    if run_status is not None:
+        return BackupStatus.COMPLETED if run_status == RunStatus.SUCCEEDED else BackupStatus.INCOMPLETE
+    status = meta.get("status")
+    if status == BackupStatus.RUNNING:
+        return BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
+    return status if status in BackupStatus.values else BackupStatus.COMPLETED  # made outside the service
+
+
+def _printable(path: str) -> str:
+    """A file name that is not UTF-8 (kept by the walk as surrogate escapes) shown with \\x escapes: a
+    JSON column, PostgreSQL's above all, cannot store lone surrogates."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_uuids(values: Iterable[str]) -> list[uuid.UUID]:
+    valid = []
+    for value in values:
+        try:
+            valid.append(uuid.UUID(value))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return valid
+
+
+def _sync_latest_flag(root: Path) -> None:
+    target = latest.read_latest(root)
+    if target and Backup.objects.filter(id=target).exclude(status=BackupStatus.COMPLETED).exists():
+        # A failed run's script may have pointed `latest` at its half-written folder.
+        target = repoint_latest()
+    Backup.objects.filter(is_latest=True).exclude(id=target or "").update(is_latest=False)
+    if target:
+        Backup.objects.filter(id=target, is_latest=False).update(is_latest=True)

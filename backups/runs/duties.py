@@ -1,0 +1,47 @@
+"""Which duties a run's end leaves for the worker. Each name here has one worker step that does it
+(its `step` module, listed in `backups.worker.loop.DUTIES`); a new post-run capability adds its name
+here and its step there."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from backups.runs.models import Duty
+
+logger = logging.getLogger(__name__)
+
+# After a successful backup run, in the order the worker does them.
+AFTER_SUCCESS: tuple[str, ...] = ("verify", "retention")
+# After any end (failed, cancelled, interrupted, ...).
+AFTER_FAILURE: tuple[str, ...] = ()
+
+
+def owed_after(succeeded: bool) -> tuple[str, ...]:
+    return AFTER_SUCCESS if succeeded else AFTER_FAILURE
+
+
+MAX_ATTEMPTS = 3
+
+
+def next_owed(name: str) -> Duty | None:
+    """The oldest owed duty of this name (only the worker holding the lease does duties)."""
+    return Duty.objects.filter(name=name).select_related("run").order_by("created_at", "id").first()
+
+
+@contextlib.contextmanager
+def attempt(duty: Duty) -> Iterator[None]:
+    """Do a duty: done (its row deleted) when the block ends normally; a failure is logged and
+    counted, and after MAX_ATTEMPTS the duty is dropped rather than block the worker forever."""
+    try:
+        yield
+    except Exception:
+        attempts = duty.attempts + 1
+        logger.exception("duty %s failed (attempt %d of %d)", duty.name, attempts, MAX_ATTEMPTS)
+        if attempts >= MAX_ATTEMPTS:
+            Duty.objects.filter(id=duty.id).delete()
+        else:
+            Duty.objects.filter(id=duty.id).update(attempts=attempts)
+        return
+    Duty.objects.filter(id=duty.id).delete()

@@ -1,0 +1,90 @@
+"""The status and health documents: what the service and its backups look like right now.
+
+`status()` returns model objects and plain values; the API's `StatusSerializer` renders it for both
+`GET /api/backup/status` and the WebSocket's `realtime-status`, so the two can never differ.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from backups.catalogue import selectors as catalogue_selectors
+from backups.catalogue.paths import disk_usage
+from backups.config.selectors import config_current, next_scheduled_at
+from backups.runs import selectors as run_selectors
+from backups.status.script import script_available
+from backups.worker.lease import worker_alive
+
+STARTED = time.monotonic()
+
+
+def status() -> dict[str, Any]:
+    """The status document of `GET /api/backup/status`, with runs and backups as model objects. Call
+    `catalogue.sync.ensure_fresh()` first when it must reflect the disk as it is now."""
+    document = config_current()
+    next_at = next_scheduled_at(document)
+    total_bytes, free_bytes = disk_usage(Path(settings.BACKUP_ROOT))
+    current = run_selectors.current_run()
+    return {
+        "running": current is not None,
+        "current_run": current,
+        "last_backup": catalogue_selectors.newest_backup(),
+        "last_successful_run": run_selectors.last_successful_run(),
+        "next_scheduled_at": next_at,
+        "backups": catalogue_selectors.totals(),
+        "disk": {"total_bytes": total_bytes, "free_bytes": free_bytes},
+        "script": {"available": script_available()},
+        "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
+    }
+
+
+def health() -> tuple[dict[str, Any], int]:
+    """The health document and its HTTP status: 503 only when the database is unreachable."""
+    checks: dict[str, Any] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = {"ok": True}
+    except Exception:
+        checks["database"] = {"ok": False, "detail": "database unreachable"}
+    root = Path(settings.BACKUP_ROOT)
+    if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
+        total, free = disk_usage(root)
+        used = 1 - free / total if total else 0
+        checks["backup_root"] = {"ok": used <= 0.95, "used_percent": round(used * 100, 1)}
+        if used > 0.95:
+            checks["backup_root"]["detail"] = "disk almost full"
+    else:
+        checks["backup_root"] = {"ok": False, "detail": "backup root missing or not writable"}
+    checks["script"] = {"ok": script_available()}
+    if not checks["script"]["ok"]:
+        checks["script"]["detail"] = "backup script missing or not executable"
+    worker_ok = False
+    if checks["database"]["ok"]:
+        try:
+            worker_ok = worker_alive()
+        except Exception:
+            worker_ok = False
+    checks["worker"] = {"ok": worker_ok}
+    if not worker_ok:
+        checks["worker"]["detail"] = "no worker heartbeat in the last minute"
+    if not checks["database"]["ok"]:
+        state, code = "error", 503
+    elif all(check["ok"] for check in checks.values()):
+        state, code = "ok", 200
+    else:
+        state, code = "degraded", 200
+    from backup_platform import __version__
+
+    return {
+        "status": state,
+        "checks": checks,
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - STARTED, 1),
+    }, code

@@ -1,0 +1,216 @@
+"""The worker: a loop over small steps that each say whether they found work.
+
+It holds a lease row while it works (a second worker waits until the holder stops renewing), recovers
+runs a dead process left `running`, does the duties finished runs left (check the new backup, apply
+retention), claims queued runs with a conditional update and runs the script through `runner`, fires
+the schedule and keeps the catalogue in sync. No transaction is held while the script runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from backups import runner
+from backups.catalogue import removal, sync
+from backups.retention.step import apply_after_run
+from backups.runs.models import Run, RunStatus
+from backups.runs.outcome import RunEnd
+from backups.runs.selectors import next_queued_run
+from backups.runs.services import run_claim, run_finish
+from backups.verification.step import verify_new_backups
+from backups.worker import schedule
+from backups.worker.execution import RunExecution
+from backups.worker.lease import Lease, holder_name
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_CHECK_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, *, label: str = "worker") -> None:
+        self.id = holder_name(label, uuid.uuid4().hex[:6])
+        self.lease = Lease(self.id)
+        self.stopping = threading.Event()
+        self.shutdown_deadline: float | None = None
+        self.last_sync = 0.0
+        self.last_schedule_check = 0.0
+        self.current_run: Run | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def request_shutdown(self, grace_seconds: float) -> None:
+        """Stop taking runs; a running one gets `grace_seconds` before its group is ended."""
+        self.shutdown_deadline = time.monotonic() + grace_seconds
+        self.stopping.set()
+
+    def run_forever(self) -> None:
+        logger.info("worker started", extra={"worker": self.id})
+        try:
+            while not self.stopping.is_set():
+                try:
+                    found = self.step()
+                except Exception:
+                    logger.exception("worker step failed")
+                    found = False
+                finally:
+                    close_old_connections()
+                if not found:
+                    self.stopping.wait(settings.WORKER_POLL_SECONDS)
+        finally:
+            self.release_lease()
+            logger.info("worker stopped", extra={"worker": self.id})
+
+    def step(self) -> bool:
+        """One pass over STEPS, in order; True when any of them found work."""
+        if not self.hold_lease():
+            return False
+        found = False
+        for step in STEPS:
+            if self.stopping.is_set():
+                break
+            found = step(self) or found
+        return found
+
+    # --- the lease --------------------------------------------------------------------------------
+
+    @property
+    def holding(self) -> bool:
+        return self.lease.holding
+
+    def hold_lease(self, force_renew: bool = False) -> bool:
+        holding, acquired = self.lease.hold(force_renew)
+        if acquired:
+            self.on_acquired()
+        return holding
+
+    def release_lease(self) -> None:
+        self.lease.release()
+
+    def on_acquired(self) -> None:
+        removal.purge_leftovers(Path(settings.BACKUP_ROOT))
+        self.recover_orphans()
+        sync.sync_all()
+        self.last_sync = time.monotonic()
+
+    # --- steps that need the worker's own state ---------------------------------------------------
+
+    def recover_orphans(self) -> int:
+        """Runs left `running` by a process that is gone: end whatever is left of their script's process
+        group (only if it is still ours: pids are reused) and mark them interrupted."""
+        count = 0
+        for run in Run.objects.filter(status=RunStatus.RUNNING).exclude(worker=self.id):
+            killed = False
+            if run.pgid and any(
+                runner.process_has_run_id(pid, str(run.id)) for pid in runner.find_group_members(run.pgid)
+            ):
+                killed = runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+            error = "The service stopped while this backup was running" + (
+                "; its leftover processes were ended." if killed else "."
+            )
+            end = RunEnd(RunStatus.INTERRUPTED, None, error, run.output, run.output_lines)
+            self.finish(run, end, run.progress_percent, "interrupted", run.progress_message)
+            count += 1
+        return count
+
+    def end_own_stuck_runs(self) -> bool:
+        """Between runs, no run of this worker can be running: one that is was left so by a failure
+        (the database refused even the failure record). End it, or it would block every new run."""
+        stuck = list(Run.objects.filter(status=RunStatus.RUNNING, worker=self.id))
+        for run in stuck:
+            self.fail_after_service_error(run)
+        return bool(stuck)
+
+    def fail_after_service_error(self, run: Run) -> Run:
+        """End a run the service itself lost track of: its script's group ended, the run failed."""
+        if run.pgid and runner.group_alive(run.pgid):
+            runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+        if run.status != RunStatus.RUNNING:
+            return run
+        end = RunEnd(
+            RunStatus.FAILED,
+            None,
+            "The backup service failed while following this run; see the service log.",
+            run.output,
+            run.output_lines,
+        )
+        return self.finish(run, end, run.progress_percent, "failed", run.progress_message)
+
+    def run_next_queued(self) -> bool:
+        if self.stopping.is_set():
+            return False
+        run = next_queued_run()
+        if run is None:
+            return False
+        if run_claim(run=run, worker=self.id):
+            self.execute(run)
+        return True
+
+    def schedule_tick(self, force: bool = False) -> bool:
+        """At most every SCHEDULE_CHECK_SECONDS (it is also called from a running backup's ticks)."""
+        now_mono = time.monotonic()
+        if not force and now_mono - self.last_schedule_check < SCHEDULE_CHECK_SECONDS:
+            return False
+        self.last_schedule_check = now_mono
+        return schedule.tick()
+
+    def periodic_sync(self) -> bool:
+        if time.monotonic() - self.last_sync < settings.CATALOGUE_SYNC_SECONDS:
+            return False
+        sync.sync_all()
+        self.last_sync = time.monotonic()
+        return False  # a sync is upkeep, not work that should make the loop skip its pause
+
+    def owed_duties(self) -> bool:
+        """Each capability's duty step once."""
+        found = False
+        for duty in DUTIES:
+            found = duty() or found
+        return found
+
+    def do_duties(self) -> bool:
+        """Every duty finished runs left, until none is owed (what the loop's next passes would do)."""
+        found = False
+        while any(duty() for duty in DUTIES):
+            found = True
+        return found
+
+    # --- one run ----------------------------------------------------------------------------------
+
+    def execute(self, run: Run) -> Run:
+        """Run the script for a claimed run and record how it ended. Never raises: a bug of the service
+        itself ends the run as failed (its script's group ended) rather than leave it `running`."""
+        self.current_run = run
+        try:
+            return RunExecution(self, run).execute()
+        except Exception:
+            logger.exception("run failed inside the service", extra={"run_id": str(run.id)})
+            run.refresh_from_db()
+            return self.fail_after_service_error(run)
+        finally:
+            self.current_run = None
+
+    def finish(self, run: Run, end: RunEnd, percent: int, stage: str, message: str) -> Run:
+        return run_finish(run=run, end=end, percent=percent, stage=stage, message=message)
+
+
+# The duties a run's end leaves (`backups.runs.duties`), each done by its capability's step.
+DUTIES: tuple[Callable[[], bool], ...] = (verify_new_backups, apply_after_run)
+
+# One pass of the loop. Duties come before the next queued run, as they did when they ran inline
+# after each run: a new backup never starts before the previous one was checked.
+STEPS: tuple[Callable[[Worker], bool], ...] = (
+    Worker.end_own_stuck_runs,
+    Worker.owed_duties,
+    Worker.run_next_queued,
+    Worker.schedule_tick,
+    Worker.periodic_sync,
+)

@@ -1,0 +1,399 @@
+"""The Django admin for backups, runs, the config and the audit trail: superusers only, nothing edited
+by hand, every change through the services (real folders in tmp_path, a real database)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
+from django.test import Client
+from django.urls import reverse
+
+from backups.audit import Actor, audit
+from backups.catalogue import latest, sync
+from backups.config.document import default_document
+from backups.models import AuditEvent, Backup, BackupConfig, Run, RunStatus
+from tests.conftest import make_backup
+
+pytestmark = pytest.mark.django_db
+
+OLD, NEW = "backup-20260101_030000", "backup-20260102_030000"
+CHANGELISTS = [
+    "admin:backups_backup_changelist",
+    "admin:backups_run_changelist",
+    "admin:backups_backupconfig_changelist",
+    "admin:backups_auditevent_changelist",
+]
+
+
+@pytest.fixture
+def two_backups(backup_root: Path) -> Path:
+    """Two completed backups, `latest` on the newer one, catalogued."""
+    make_backup(backup_root, OLD, mtime=1767236400)
+    make_backup(backup_root, NEW, {"database.sql": "x" * 3000}, mtime=1767322800)
+    latest.set_latest(backup_root, NEW)
+    sync.sync()
+    return backup_root
+
+
+@pytest.fixture
+def staff_client(django_user_model) -> Client:
+    """Staff with every model permission of the app: still not a superuser, so still refused."""
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="backups"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def run_action(client: Client, action: str, ids: list[str], **extra: str):
+    data = {"action": action, "_selected_action": ids, **extra}
+    return client.post(reverse("admin:backups_backup_changelist"), data)
+
+
+# --- who gets in ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CHANGELISTS)
+def test_staff_non_superuser_is_refused(staff_client: Client, name: str) -> None:
+    assert staff_client.get(reverse(name)).status_code == 403
+
+
+def test_staff_non_superuser_cannot_start_or_open_rows(staff_client: Client, two_backups: Path) -> None:
+    assert staff_client.get(reverse("admin:backups_run_start")).status_code == 403
+    assert staff_client.post(reverse("admin:backups_run_start")).status_code == 403
+    assert staff_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)])).status_code == 403
+    assert not Run.objects.exists()
+    index = staff_client.get(reverse("admin:index"))
+    assert index.status_code == 200
+    assert "backups/backup/" not in index.content.decode()
+
+
+def test_anonymous_is_sent_to_the_login(client: Client) -> None:
+    response = client.get(reverse("admin:backups_backup_changelist"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_index_has_the_site_header_and_links_to_the_dashboard(admin_client: Client) -> None:
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Beauty Platform — Backups" in html
+    assert f'href="{reverse("dashboard")}"' in html
+    for name in CHANGELISTS:
+        assert reverse(name) in html
+
+
+# --- backups ----------------------------------------------------------------------------------------------
+
+
+def test_backup_changelist_shows_what_is_on_disk(admin_client: Client, two_backups: Path) -> None:
+    make_backup(two_backups, "backup-20260103_030000")  # appeared after the last sync
+    html = admin_client.get(reverse("admin:backups_backup_changelist")).content.decode()
+    for backup_id in (OLD, NEW, "backup-20260103_030000"):
+        assert backup_id in html
+    assert "2.9\xa0KB" in html  # filesizeformat of the 3000-byte dump
+    assert "completed" in html
+    assert ">latest</span>" in html
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?status__exact=completed",
+        "?type__exact=external",
+        "?pinned__exact=1",
+        "?q=20260102",
+        "?created_at__year=2026",
+        "?o=4",
+    ],
+)
+def test_backup_changelist_filters_search_and_sorting(
+    admin_client: Client, two_backups: Path, query: str
+) -> None:
+    assert admin_client.get(reverse("admin:backups_backup_changelist") + query).status_code == 200
+
+
+def test_backup_change_page_is_read_only_with_files_and_download(
+    admin_client: Client, two_backups: Path
+) -> None:
+    response = admin_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "configs/app.env" in html
+    assert 'name="_save"' not in html
+    assert f"/api/backup/{OLD}/download?sig=" in html
+
+
+def test_backups_cannot_be_added_or_edited_by_hand(admin_client: Client, two_backups: Path) -> None:
+    assert admin_client.get(reverse("admin:backups_backup_add")).status_code == 403
+    change_url = reverse("admin:backups_backup_change", args=[quote(OLD)])
+    response = admin_client.post(change_url, {"description": "hacked"})
+    assert response.status_code == 403
+    assert admin_client.get(reverse("admin:backups_backup_delete", args=[quote(OLD)])).status_code == 403
+    assert Backup.objects.get(id=OLD).description == ""
+
+
+def test_download_link_of_a_row_downloads_that_backup(
+    admin_client: Client, client: Client, two_backups: Path
+) -> None:
+    html = admin_client.get(reverse("admin:backups_backup_changelist")).content.decode()
+    link = re.search(rf'href="(/api/backup/{OLD}/download\?sig=[^"]+)"', html).group(1).replace("&amp;", "&")
+    response = client.get(link)  # no session, no token: the signature alone
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/x-tar"
+    assert response["Content-Disposition"] == f'attachment; filename="{OLD}.tar"'
+
+
+def test_delete_asks_for_confirmation_then_removes_the_folder_and_repoints_latest(
+    admin_client: Client, two_backups: Path
+) -> None:
+    confirm = run_action(admin_client, "delete_backups", [NEW])
+    assert confirm.status_code == 200
+    assert "Are you sure" in confirm.content.decode()
+    assert NEW in confirm.content.decode()
+    assert (two_backups / NEW).is_dir()  # nothing deleted before the confirmation
+
+    response = run_action(admin_client, "delete_backups", [NEW], post="yes")
+    assert response.status_code == 302
+    assert not (two_backups / NEW).exists()
+    assert not Backup.objects.filter(id=NEW).exists()
+    assert latest.read_latest(two_backups) == OLD
+    assert Backup.objects.get(id=OLD).is_latest
+    assert AuditEvent.objects.filter(action="backup.delete", target=NEW, outcome="ok", actor="admin").exists()
+    assert any(NEW in message for message in messages_of(response))
+
+
+def test_delete_of_a_pinned_backup_is_refused_and_nothing_is_deleted(
+    admin_client: Client, two_backups: Path
+) -> None:
+    Backup.objects.filter(id=OLD).update(pinned=True)
+    for extra in ({}, {"post": "yes"}):
+        response = run_action(admin_client, "delete_backups", [OLD, NEW], **extra)
+        assert response.status_code == 302
+        assert (two_backups / OLD).is_dir() and (two_backups / NEW).is_dir()
+        assert any("pinned" in message for message in messages_of(response))
+    assert Backup.objects.count() == 2
+
+
+def test_delete_of_the_running_runs_backup_is_refused(admin_client: Client, two_backups: Path) -> None:
+    Run.objects.create(status=RunStatus.RUNNING, triggered_by="cli", backup_id=NEW)
+    response = run_action(admin_client, "delete_backups", [NEW], post="yes")
+    assert response.status_code == 302
+    assert (two_backups / NEW).is_dir()
+    assert any("running backup run" in message for message in messages_of(response))
+
+
+def test_pin_and_unpin_go_through_the_service(admin_client: Client, two_backups: Path) -> None:
+    run_action(admin_client, "pin_backups", [OLD, NEW])
+    assert set(Backup.objects.filter(pinned=True).values_list("id", flat=True)) == {OLD, NEW}
+    run_action(admin_client, "unpin_backups", [OLD])
+    assert not Backup.objects.get(id=OLD).pinned
+    actions = sorted(AuditEvent.objects.values_list("action", "target"))
+    assert actions == [("backup.pin", OLD), ("backup.pin", NEW), ("backup.unpin", OLD)]
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+
+
+def test_start_backup_queues_a_run_and_a_second_is_refused(admin_client: Client, backup_root: Path) -> None:
+    page = admin_client.get(reverse("admin:backups_run_start"))
+    assert page.status_code == 200
+    assert 'name="description"' in page.content.decode()
+
+    first = admin_client.post(reverse("admin:backups_run_start"), {"description": "before the upgrade"})
+    assert first.status_code == 302
+    run = Run.objects.get()
+    assert run.status == RunStatus.QUEUED
+    assert (run.triggered_by, run.description) == ("admin", "before the upgrade")
+    assert AuditEvent.objects.filter(action="run.create", target=str(run.id), outcome="ok").exists()
+
+    second = admin_client.post(reverse("admin:backups_run_start"), {"description": ""})
+    assert second.status_code == 302
+    assert Run.objects.count() == 1
+    assert "A backup is already queued or running." in messages_of(second)
+    assert AuditEvent.objects.filter(action="run.create", outcome="refused").exists()
+
+
+def test_start_backup_refuses_a_description_the_api_refuses(admin_client: Client, backup_root: Path) -> None:
+    response = admin_client.post(reverse("admin:backups_run_start"), {"description": "bad\x07bell"})
+    assert response.status_code == 200
+    assert "Must not contain control characters." in response.content.decode()
+    assert not Run.objects.exists()
+
+
+def test_run_changelist_offers_start_and_cancel_of_the_current_run(
+    admin_client: Client, backup_root: Path
+) -> None:
+    run = Run.objects.create(triggered_by="admin")
+    html = admin_client.get(reverse("admin:backups_run_changelist")).content.decode()
+    assert reverse("admin:backups_run_start") in html
+    assert reverse("admin:backups_run_cancel", args=[run.id]) in html
+
+
+def test_cancel_the_current_run_after_confirmation(admin_client: Client, backup_root: Path) -> None:
+    run = Run.objects.create(triggered_by="admin")
+    url = reverse("admin:backups_run_cancel", args=[run.id])
+    assert admin_client.get(url).status_code == 200
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED  # the GET only asks
+
+    response = admin_client.post(url)
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert AuditEvent.objects.filter(action="run.cancel", target=str(run.id), outcome="ok").exists()
+
+
+def test_cancel_of_a_running_run_flags_it_for_the_worker(admin_client: Client, backup_root: Path) -> None:
+    run = Run.objects.create(triggered_by="admin", status=RunStatus.RUNNING)
+    admin_client.post(
+        reverse("admin:backups_run_changelist"), {"action": "cancel_runs", "_selected_action": [str(run.id)]}
+    )
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.cancel_requested
+
+
+def test_cancel_of_an_ended_run_is_refused_with_a_message(admin_client: Client, backup_root: Path) -> None:
+    run = Run.objects.create(triggered_by="admin", status=RunStatus.SUCCEEDED)
+    response = admin_client.post(reverse("admin:backups_run_cancel", args=[run.id]))
+    assert any("already ended" in message for message in messages_of(response))
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+
+
+def test_run_pages_render_and_are_read_only(admin_client: Client, backup_root: Path) -> None:
+    run = Run.objects.create(
+        triggered_by="schedule",
+        status=RunStatus.FAILED,
+        backup_id=OLD,
+        error="❌ ERROR: pg_dump failed",
+        output="out: [1/7] start\nerr: boom",
+    )
+    html = admin_client.get(reverse("admin:backups_run_change", args=[run.id])).content.decode()
+    assert "pg_dump failed" in html and "[1/7] start" in html
+    assert 'name="_save"' not in html
+    assert admin_client.get(reverse("admin:backups_run_add")).status_code == 403
+    for query in ["?status__exact=failed", "?type__exact=manual", f"?q={run.id}", "?q=schedule"]:
+        response = admin_client.get(reverse("admin:backups_run_changelist") + query)
+        assert response.status_code == 200
+    found = admin_client.get(reverse("admin:backups_run_changelist") + f"?q={run.id}")
+    assert found.context["cl"].result_count == 1
+
+
+# --- config -----------------------------------------------------------------------------------------------
+
+
+def config_form(**changes: object) -> dict[str, object]:
+    form: dict[str, object] = {
+        "enabled": "on",
+        "schedule": "0 3 * * *",
+        "retention_daily": "7",
+        "retention_weekly": "4",
+        "retention_monthly": "12",
+        "compression": "on",
+        "webhook": "",
+        "components": ["databases", "applicationFiles", "uploads", "configs", "nginx", "ssl", "systemInfo"],
+    }
+    form.update(changes)
+    return {key: value for key, value in form.items() if value is not None}
+
+
+def config_url() -> str:
+    return reverse("admin:backups_backupconfig_change", args=[BackupConfig.load().pk])
+
+
+def test_config_changelist_opens_the_single_form(admin_client: Client) -> None:
+    response = admin_client.get(reverse("admin:backups_backupconfig_changelist"))
+    assert response.status_code == 302
+    assert response["Location"] == config_url()
+    form = admin_client.get(config_url())
+    assert form.status_code == 200
+    assert 'value="0 3 * * *"' in form.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"schedule": "61 * * * *"}, "schedule", "is not a valid cron expression"),
+        ({"schedule": "every day"}, "schedule", "5-field cron expression"),
+        ({"retention_daily": "1001"}, "retention_daily", "Must be between 0 and 1000."),
+        ({"webhook": "ftp://example.org/hook"}, "webhook", "Must be an http(s) URL."),
+    ],
+)
+def test_bad_config_is_a_form_error_and_changes_nothing(
+    admin_client: Client, changes: dict, field: str, message: str
+) -> None:
+    response = admin_client.post(config_url(), config_form(**changes))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert any(message in error for error in errors[field])
+    assert BackupConfig.load().document == default_document()
+    assert not AuditEvent.objects.filter(action="config.update").exists()
+
+
+def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
+    response = admin_client.post(
+        config_url(),
+        config_form(
+            enabled=None,
+            schedule="30 2 * * 1-5",
+            retention_daily="3",
+            encryption="on",
+            webhook="https://hooks.example.org/backups",
+            components=["databases", "configs"],
+        ),
+    )
+    assert response.status_code == 302
+    document = BackupConfig.load().document
+    assert document["enabled"] is False
+    assert document["schedule"] == "30 2 * * 1-5"
+    assert document["retention"] == {"daily": 3, "weekly": 4, "monthly": 12}
+    assert document["encryption"] is True
+    assert document["notifications"]["webhook"] == "https://hooks.example.org/backups"
+    assert {key for key, on in document["components"].items() if on} == {"databases", "configs"}
+    event = AuditEvent.objects.get(action="config.update")
+    assert event.actor == "admin"
+    assert event.details["changes"]["schedule"] == ["0 3 * * *", "30 2 * * 1-5"]
+    assert BackupConfig.load().updated_by == "admin"
+
+
+# --- audit ------------------------------------------------------------------------------------------------
+
+
+def test_audit_events_are_read_only_even_for_superusers(admin_client: Client) -> None:
+    event = audit("backup.delete", actor=Actor("alice", "10.0.0.7"), target=OLD, outcome="refused")
+    change_url = reverse("admin:backups_auditevent_change", args=[event.pk])
+    assert admin_client.get(reverse("admin:backups_auditevent_add")).status_code == 403
+    assert admin_client.post(change_url, {"actor": "mallory"}).status_code == 403
+    assert admin_client.get(reverse("admin:backups_auditevent_delete", args=[event.pk])).status_code == 403
+    page = admin_client.get(change_url)
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    changelist = admin_client.get(reverse("admin:backups_auditevent_changelist"))
+    assert 'name="action"' not in changelist.content.decode()  # not even delete_selected
+    assert AuditEvent.objects.get(pk=event.pk).actor == "alice"
+
+
+def test_audit_changelist_filters_and_search(admin_client: Client) -> None:
+    audit("backup.delete", actor=Actor("alice"), target=OLD, outcome="refused")
+    audit("config.update", actor=Actor("bob"), target="config")
+    url = reverse("admin:backups_auditevent_changelist")
+    assert admin_client.get(url + "?outcome=refused").context["cl"].result_count == 1
+    assert admin_client.get(url + "?action=config.update").context["cl"].result_count == 1
+    assert admin_client.get(url + "?q=alice").context["cl"].result_count == 1
+    assert admin_client.get(url + f"?q={OLD}").context["cl"].result_count == 1
+    assert admin_client.get(url + "?q=nobody").context["cl"].result_count == 0
+
+
+def test_unknown_run_cancel_is_a_message_not_a_crash(admin_client: Client) -> None:
+    response = admin_client.post(reverse("admin:backups_run_cancel", args=[uuid.uuid4()]))
+    assert response.status_code == 302
+    assert "Run not found." in messages_of(response)

@@ -1,0 +1,118 @@
+"""The config document, pure: its default, PUT and PATCH validation, upgrades, diffs, the schedule."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backups.config.document import (
+    DEFAULT_CONFIG,
+    ConfigInvalid,
+    default_document,
+    diff,
+    enabled_components,
+    next_fire_time,
+    upgrade,
+    validate,
+)
+
+NOT_A_URL = "Must be an http(s) URL."
+
+
+def errors_of(document, **kwargs) -> dict:
+    with pytest.raises(ConfigInvalid) as caught:
+        validate(document, **kwargs)
+    return caught.value.errors
+
+
+def test_the_default_document_is_valid_and_a_fresh_copy_each_time():
+    document = default_document()
+    assert validate(document) == document
+    document["retention"]["daily"] = 1
+    assert default_document()["retention"]["daily"] == DEFAULT_CONFIG["retention"]["daily"] == 7
+
+
+def test_put_needs_every_key_and_names_the_missing_ones():
+    document = default_document()
+    del document["schedule"]
+    del document["components"]["ssl"]
+    assert errors_of(document) == {
+        "schedule": ["This field is required."],
+        "components": {"ssl": ["This field is required."]},
+    }
+
+
+def test_unknown_keys_are_refused_at_every_level():
+    document = default_document()
+    document["colour"] = "blue"
+    document["retention"]["hourly"] = 3
+    assert errors_of(document) == {"colour": ["Unknown field."], "retention": {"hourly": ["Unknown field."]}}
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"enabled": "yes"}, {"enabled": ["Must be true or false."]}),
+        ({"retention": {"daily": True}}, {"retention": {"daily": ["Must be an integer."]}}),
+        ({"retention": {"weekly": 1001}}, {"retention": {"weekly": ["Must be between 0 and 1000."]}}),
+        ({"retention": {"monthly": -1}}, {"retention": {"monthly": ["Must be between 0 and 1000."]}}),
+        ({"schedule": 5}, {"schedule": ["Must be a string with a 5-field cron expression."]}),
+        ({"notifications": {"webhook": "ftp://x"}}, {"notifications": {"webhook": [NOT_A_URL]}}),
+        ({"notifications": {"webhook": "https://a b"}}, {"notifications": {"webhook": [NOT_A_URL]}}),
+        ({"components": []}, {"components": {"non_field_errors": ["Must be a JSON object."]}}),
+    ],
+)
+def test_bad_values_are_refused_with_the_field_named(patch, expected):
+    assert errors_of(patch, current=default_document()) == expected
+
+
+@pytest.mark.parametrize("schedule", ["0 3 * *", "61 3 * * *", "0 3 * * * *", "every night", "0 25 * * *"])
+def test_a_schedule_is_valid_only_when_its_next_run_can_be_computed(schedule):
+    assert "schedule" in errors_of({"schedule": schedule}, current=default_document())
+
+
+def test_patch_merges_nested_keys_and_leaves_the_current_document_untouched():
+    current = default_document()
+    before = copy.deepcopy(current)
+    merged = validate({"retention": {"daily": 3}, "components": {"ssl": False}}, current=current)
+    assert merged["retention"] == {"daily": 3, "weekly": 4, "monthly": 12}
+    assert merged["components"]["ssl"] is False and merged["components"]["nginx"] is True
+    assert current == before
+
+
+def test_an_invalid_patch_changes_nothing():
+    current = default_document()
+    errors_of({"retention": {"daily": 3, "weekly": "four"}}, current=current)
+    assert current == default_document()
+
+
+def test_a_stored_document_is_completed_with_keys_added_since():
+    stored = {"enabled": False, "retention": {"daily": 2}}
+    upgraded = upgrade(stored)
+    assert upgraded["enabled"] is False and upgraded["retention"]["daily"] == 2
+    assert upgraded["retention"]["weekly"] == 4 and upgraded["schedule"] == "0 3 * * *"
+    assert upgrade("garbage") == default_document()  # type: ignore[arg-type]
+
+
+def test_diff_names_every_changed_leaf_with_before_and_after():
+    old = default_document()
+    new = validate({"schedule": "30 2 * * *", "retention": {"daily": 3}}, current=old)
+    assert diff(old, new) == {"retention.daily": [7, 3], "schedule": ["0 3 * * *", "30 2 * * *"]}
+    assert diff(old, old) == {}
+
+
+def test_enabled_components_keep_the_document_order():
+    document = validate({"components": {"uploads": False, "ssl": False}}, current=default_document())
+    assert enabled_components(document) == ["databases", "applicationFiles", "configs", "nginx", "systemInfo"]
+
+
+def test_the_schedule_is_read_in_the_time_zone_of_the_moment_given():
+    berlin = ZoneInfo("Europe/Berlin")
+    after = datetime(2026, 3, 28, 12, 0, tzinfo=berlin)
+    first = next_fire_time("0 3 * * *", after)
+    assert first == datetime(2026, 3, 29, 3, 0, tzinfo=berlin)  # the night clocks go forward
+    assert first.utcoffset().total_seconds() == 7200
+    assert next_fire_time("0 3 * * *", first) == datetime(2026, 3, 30, 3, 0, tzinfo=berlin)
