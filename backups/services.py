@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from backups import catalogue, config_document, events, retention
+from backups import catalogue, config_document, events
 from backups.models import (
     ACTIVE_RUN_STATUSES,
     AuditEvent,
@@ -26,6 +26,7 @@ from backups.models import (
     RunStatus,
     RunType,
 )
+from backups.retention import policy as retention
 
 logger = logging.getLogger(__name__)
 
