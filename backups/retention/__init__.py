@@ -1,0 +1,1 @@
+"""Retention: which backups a policy keeps, with the reasons (`policy`, pure)."""
