@@ -1,25 +1,53 @@
-"""The config document of the original service: its default, its validation and its schedule.
+"""The config document of the original service, grown by the keys of notifications, retention rules,
+verification, off-site copies and encryption: its default, its validation and its schedule.
 
 Pure: no ORM. `validate` answers errors shaped like DRF's (`{"retention": {"daily": ["..."]}}`) so
-that the API, the admin form and the CLI refuse a bad document with the same words.
+that the API, the admin form and the CLI refuse a bad document with the same words. A full document
+(PUT) must carry every key of the original service; the keys added since may be absent and then take
+their defaults, so the original admin front end keeps saving its document unchanged.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
+from backups.retention.policy import DEFAULT_RETENTION, REQUIRED_KEYS, RETENTION_CHECKS
+
 DEFAULT_CONFIG: dict[str, Any] = {
     "enabled": True,
     "schedule": "0 3 * * *",
-    "retention": {"daily": 7, "weekly": 4, "monthly": 12},
+    "retention": dict(DEFAULT_RETENTION),
+    "scheduleRetries": {"count": 0, "delayMinutes": 10},
     "compression": True,
+    "compressionLevel": 6,
     "encryption": False,
-    "notifications": {"email": False, "webhook": ""},
+    "encryptionRecipients": [],
+    "encryptLocal": False,
+    "notifications": {
+        "email": False,
+        "webhook": "",
+        "emailRecipients": [],
+        "urls": [],
+        "healthcheckUrl": "",
+        "staleAfterHours": 26,
+        "onSuccess": False,
+    },
+    "verification": {"deep": True},
+    "offsite": {
+        "enabled": False,
+        "endpoint": "",
+        "bucket": "",
+        "prefix": "",
+        "region": "",
+        "storageClass": "",
+    },
     "components": {
         "databases": True,
         "applicationFiles": True,
@@ -31,12 +59,42 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
 }
 
+# The original service's keys: a PUT must carry them. Every other key may be absent (its default).
+ORIGINAL_KEYS: dict[str, Any] = {
+    "enabled": True,
+    "schedule": True,
+    "retention": set(REQUIRED_KEYS),
+    "compression": True,
+    "encryption": True,
+    "notifications": {"email", "webhook"},
+    "components": set(DEFAULT_CONFIG["components"]),
+}
+
 COMPONENT_KEYS = tuple(DEFAULT_CONFIG["components"])
-RETENTION_KEYS = tuple(DEFAULT_CONFIG["retention"])
+RETENTION_KEYS = tuple(DEFAULT_RETENTION)
 RETENTION_MAX = 1000
-WEBHOOK_MAX = 2000
+URL_MAX = 2000
+LIST_MAX = 20
+STORAGE_CLASSES = (
+    "",
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+)
+# An age X25519 recipient: "age1" + 58 bech32 characters.
+AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+EMAIL = re.compile(
+    r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
+)
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 Errors = dict[str, Any]
+Check = Callable[[Any], str | None]
 
 
 class ConfigInvalid(Exception):
@@ -58,6 +116,9 @@ def next_fire_time(expression: str, after: datetime) -> datetime:
     return next(iter(CronSim(expression, after)))
 
 
+# --- checks of single values ------------------------------------------------------------------------
+
+
 def _schedule_error(value: Any) -> str | None:
     if not isinstance(value, str):
         return "Must be a string with a 5-field cron expression."
@@ -75,20 +136,23 @@ def _check_bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "Must be true or false."
 
 
-def _check_retention_count(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return "Must be an integer."
-    if not 0 <= value <= RETENTION_MAX:
-        return f"Must be between 0 and {RETENTION_MAX}."
-    return None
+def _integer(low: int, high: int, unit: str = "") -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"Must be an integer{unit}."
+        if not low <= value <= high:
+            return f"Must be between {low} and {high}."
+        return None
+
+    return check
 
 
-def _check_webhook(value: Any) -> str | None:
+def _http_url_error(value: Any) -> str | None:
     if not isinstance(value, str):
         return "Must be a string: empty, or an http(s) URL."
     if value == "":
         return None
-    if len(value) > WEBHOOK_MAX or any(ch.isspace() or ord(ch) < 32 for ch in value):
+    if len(value) > URL_MAX or any(ch.isspace() or ord(ch) < 32 for ch in value):
         return "Must be an http(s) URL."
     try:
         parts = urlsplit(value)
@@ -99,19 +163,115 @@ def _check_webhook(value: Any) -> str | None:
     return None
 
 
+def _list_of(item: Check, what: str) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list):
+            return f"Must be a list of {what}."
+        if len(value) > LIST_MAX:
+            return f"At most {LIST_MAX} entries."
+        for index, entry in enumerate(value):
+            problem = item(entry)
+            if problem:
+                return f"Entry {index + 1}: {problem}"
+        if len({repr(entry) for entry in value}) != len(value):
+            return "Entries must not repeat."
+        return None
+
+    return check
+
+
+def _email_error(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) > 254 or not EMAIL.match(value):
+        return "Must be an e-mail address."
+    return None
+
+
+def _apprise_url_error(value: Any) -> str | None:
+    """An Apprise URL (`tgram://…`, `slack://…`, `json://…`) or the masked form the API gave out."""
+    if not isinstance(value, str) or not value or len(value) > URL_MAX:
+        return "Must be an Apprise URL such as tgram://token/chat or ntfy://topic."
+    has_scheme = re.match(r"^[A-Za-z][A-Za-z0-9+.-]{0,31}://.", value)
+    if any(ch.isspace() or ord(ch) < 32 for ch in value) or not has_scheme:
+        return "Must be an Apprise URL such as tgram://token/chat or ntfy://topic."
+    return None
+
+
+def _age_recipient_error(value: Any) -> str | None:
+    if not isinstance(value, str) or not AGE_RECIPIENT.match(value):
+        return "Must be an age public key (age1…, 62 characters)."
+    return None
+
+
+def _bucket_error(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "Must be a string."
+    if value and (not BUCKET.match(value) or ".." in value):
+        return "Must be an S3 bucket name: 3-63 characters, a-z 0-9 . -"
+    return None
+
+
+def _prefix_error(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) > 200:
+        return "Must be a string of at most 200 characters."
+    if value.startswith("/") or any(part in ("..", ".") for part in value.split("/")):
+        return "Must be a relative key prefix without '.' or '..' parts, e.g. 'beauty/production'."
+    if any(ord(ch) < 32 or ch == "\\" for ch in value):
+        return "Must not contain control characters or backslashes."
+    return None
+
+
+def _short_text(limit: int) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str) or len(value) > limit or any(ch.isspace() for ch in value):
+            return f"Must be a string of at most {limit} characters without spaces."
+        return None
+
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return "Must be one of: " + ", ".join(repr(choice) for choice in choices) + "."
+        return None
+
+    return check
+
+
 # Every key of the document with the check of its value; nested documents are dicts of checks.
 SCHEMA: dict[str, Any] = {
     "enabled": _check_bool,
     "schedule": _schedule_error,
-    "retention": {key: _check_retention_count for key in RETENTION_KEYS},
+    "retention": RETENTION_CHECKS,
+    "scheduleRetries": {"count": _integer(0, 10), "delayMinutes": _integer(1, 1440, " (minutes)")},
     "compression": _check_bool,
+    "compressionLevel": _integer(1, 19),
     "encryption": _check_bool,
-    "notifications": {"email": _check_bool, "webhook": _check_webhook},
+    "encryptionRecipients": _list_of(_age_recipient_error, "age public keys"),
+    "encryptLocal": _check_bool,
+    "notifications": {
+        "email": _check_bool,
+        "webhook": _http_url_error,
+        "emailRecipients": _list_of(_email_error, "e-mail addresses"),
+        "urls": _list_of(_apprise_url_error, "Apprise URLs"),
+        "healthcheckUrl": _http_url_error,
+        "staleAfterHours": _integer(0, 8760, " (hours; 0 switches the alert off)"),
+        "onSuccess": _check_bool,
+    },
+    "verification": {"deep": _check_bool},
+    "offsite": {
+        "enabled": _check_bool,
+        "endpoint": _http_url_error,
+        "bucket": _bucket_error,
+        "prefix": _prefix_error,
+        "region": _short_text(64),
+        "storageClass": _choice(STORAGE_CLASSES),
+    },
     "components": {key: _check_bool for key in COMPONENT_KEYS},
 }
 
 
-def _validate(value: Any, schema: dict[str, Any], partial: bool) -> Errors:
+def _validate(value: Any, schema: dict[str, Any], required: Any, partial: bool) -> Errors:
     if not isinstance(value, dict):
         return {"non_field_errors": ["Must be a JSON object."]}
     errors: Errors = {}
@@ -120,17 +280,36 @@ def _validate(value: Any, schema: dict[str, Any], partial: bool) -> Errors:
             errors[key] = ["Unknown field."]
     for key, check in schema.items():
         if key not in value:
-            if not partial:
+            needed = required is True or (isinstance(required, dict | set) and key in required)
+            if not partial and needed:
                 errors[key] = ["This field is required."]
             continue
         if isinstance(check, dict):
-            nested = _validate(value[key], check, partial)
+            inner = required.get(key, False) if isinstance(required, dict) else required is True
+            nested = _validate(value[key], check, inner, partial)
             if nested:
                 errors[key] = nested
         else:
             message = check(value[key])
             if message:
                 errors[key] = [message]
+    return errors
+
+
+def _cross_checks(document: dict[str, Any]) -> Errors:
+    """Rules between keys, judged on the whole (merged) document."""
+    errors: Errors = {}
+    recipients = document["encryptionRecipients"]
+    if document["encryption"] and not recipients:
+        errors["encryption"] = ["Encryption needs at least one age public key in encryptionRecipients."]
+    if document["encryptLocal"] and not recipients:
+        errors["encryptLocal"] = ["Encrypting the local copy needs at least one age public key."]
+    offsite = document["offsite"]
+    if offsite["enabled"] and not offsite["bucket"]:
+        errors["offsite"] = {"bucket": ["Required when off-site copies are enabled."]}
+    notifications = document["notifications"]
+    if notifications["email"] and not notifications["emailRecipients"]:
+        errors["notifications"] = {"emailRecipients": ["E-mail notifications need at least one recipient."]}
     return errors
 
 
@@ -146,12 +325,21 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 def validate(document: Any, *, current: dict[str, Any] | None = None) -> dict[str, Any]:
     """The new full document, or ConfigInvalid. With `current`, `document` is a partial one (PATCH)
-    merged into it; without, it must hold every key (PUT)."""
+    merged into it; without, it must hold every original key (PUT) and the new ones default."""
     partial = current is not None
-    errors = _validate(document, SCHEMA, partial)
+    errors = _validate(document, SCHEMA, ORIGINAL_KEYS, partial)
     if errors:
         raise ConfigInvalid(errors)
-    return _merge(current, document) if partial else copy.deepcopy(document)
+    merged = _merge(current if partial else default_document(), document)
+    errors = _cross_checks(merged)
+    if errors:
+        raise ConfigInvalid(errors)
+    return merged
+
+
+def validate_part(key: str, value: Any, *, current: dict[str, Any]) -> dict[str, Any]:
+    """One sub-document (`retention`, say) checked as a PATCH of the current one; its merged value."""
+    return validate({key: value}, current=current)[key]
 
 
 def upgrade(stored: dict[str, Any]) -> dict[str, Any]:

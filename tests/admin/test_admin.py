@@ -340,6 +340,13 @@ def test_bad_config_is_a_form_error_and_changes_nothing(
     assert not AuditEvent.objects.filter(action="config.update").exists()
 
 
+def test_encryption_without_a_recipient_is_refused_on_the_form(admin_client: Client) -> None:
+    response = admin_client.post(config_url(), config_form(encryption="on"))
+    assert response.status_code == 200
+    assert "needs at least one age public key" in response.content.decode()
+    assert BackupConfig.load().document.get("encryption") is not True
+
+
 def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
     response = admin_client.post(
         config_url(),
@@ -347,7 +354,6 @@ def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
             enabled=None,
             schedule="30 2 * * 1-5",
             retention_daily="3",
-            encryption="on",
             webhook="https://hooks.example.org/backups",
             components=["databases", "configs"],
         ),
@@ -356,8 +362,8 @@ def test_good_config_is_saved_through_the_service(admin_client: Client) -> None:
     document = BackupConfig.load().document
     assert document["enabled"] is False
     assert document["schedule"] == "30 2 * * 1-5"
-    assert document["retention"] == {"daily": 3, "weekly": 4, "monthly": 12}
-    assert document["encryption"] is True
+    assert [document["retention"][key] for key in ("daily", "weekly", "monthly")] == [3, 4, 12]
+    assert document["encryption"] is False
     assert document["notifications"]["webhook"] == "https://hooks.example.org/backups"
     assert {key for key, on in document["components"].items() if on} == {"databases", "configs"}
     event = AuditEvent.objects.get(action="config.update")

@@ -34,7 +34,13 @@ def test_patch_merges_a_partial_document(api, backup_root):
     response = api.patch(URL, {"enabled": False, "retention": {"weekly": 0}}, format="json")
     assert response.status_code == 200
     body = response.json()
-    assert body["enabled"] is False and body["retention"] == {"daily": 7, "weekly": 0, "monthly": 12}
+    assert body["enabled"] is False
+    assert {key: body["retention"][key] for key in ("daily", "weekly", "monthly")} == {
+        "daily": 7,
+        "weekly": 0,
+        "monthly": 12,
+    }
+    assert body["retention"]["keepWithinHours"] == 24  # the keys added since keep their defaults
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,11 @@ def test_patch_merges_nested_keys_and_leaves_the_current_document_untouched():
     current = default_document()
     before = copy.deepcopy(current)
     merged = validate({"retention": {"daily": 3}, "components": {"ssl": False}}, current=current)
-    assert merged["retention"] == {"daily": 3, "weekly": 4, "monthly": 12}
+    assert (merged["retention"]["daily"], merged["retention"]["weekly"], merged["retention"]["monthly"]) == (
+        3,
+        4,
+        12,
+    )
     assert merged["components"]["ssl"] is False and merged["components"]["nginx"] is True
     assert current == before
 
@@ -116,3 +120,55 @@ def test_the_schedule_is_read_in_the_time_zone_of_the_moment_given():
     assert first == datetime(2026, 3, 29, 3, 0, tzinfo=berlin)  # the night clocks go forward
     assert first.utcoffset().total_seconds() == 7200
     assert next_fire_time("0 3 * * *", first) == datetime(2026, 3, 30, 3, 0, tzinfo=berlin)
+
+
+def test_a_put_of_the_original_document_is_accepted_and_the_new_keys_take_their_defaults():
+    original = {
+        "enabled": True,
+        "schedule": "0 3 * * *",
+        "retention": {"daily": 7, "weekly": 4, "monthly": 12},
+        "compression": True,
+        "encryption": False,
+        "notifications": {"email": False, "webhook": ""},
+        "components": {key: True for key in DEFAULT_CONFIG["components"]},
+    }
+    stored = validate(original)
+    assert stored["retention"]["keepManual"] is True and stored["scheduleRetries"] == {
+        "count": 0,
+        "delayMinutes": 10,
+    }
+    assert stored["notifications"]["staleAfterHours"] == 26 and stored["offsite"]["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"retention": {"yearly": -1}}, ("retention", "yearly")),
+        ({"retention": {"keepWithinHours": 87601}}, ("retention", "keepWithinHours")),
+        ({"scheduleRetries": {"count": 11}}, ("scheduleRetries", "count")),
+        ({"scheduleRetries": {"delayMinutes": 0}}, ("scheduleRetries", "delayMinutes")),
+        ({"compressionLevel": 20}, ("compressionLevel",)),
+        ({"notifications": {"emailRecipients": ["not an address"]}}, ("notifications", "emailRecipients")),
+        ({"notifications": {"urls": ["no scheme here"]}}, ("notifications", "urls")),
+        ({"notifications": {"urls": ["ntfy://a", "ntfy://a"]}}, ("notifications", "urls")),
+        ({"notifications": {"healthcheckUrl": "hc-ping.com/x"}}, ("notifications", "healthcheckUrl")),
+        ({"encryptionRecipients": ["age1short"]}, ("encryptionRecipients",)),
+        ({"offsite": {"bucket": "UPPER"}}, ("offsite", "bucket")),
+        ({"offsite": {"prefix": "../escape"}}, ("offsite", "prefix")),
+        ({"offsite": {"storageClass": "COLD"}}, ("offsite", "storageClass")),
+        ({"encryption": True}, ("encryption",)),
+        ({"offsite": {"enabled": True}}, ("offsite", "bucket")),
+        ({"notifications": {"email": True}}, ("notifications", "emailRecipients")),
+    ],
+)
+def test_the_new_keys_are_validated_and_a_bad_value_names_its_field(patch, where):
+    errors = errors_of(patch, current=default_document())
+    for key in where:
+        errors = errors[key]
+    assert isinstance(errors, list) and errors
+
+
+def test_encryption_with_a_recipient_is_accepted():
+    recipient = "age1" + "q" * 58
+    document = validate({"encryption": True, "encryptionRecipients": [recipient]}, current=default_document())
+    assert document["encryption"] is True and document["encryptionRecipients"] == [recipient]
