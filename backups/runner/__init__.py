@@ -21,7 +21,7 @@ Design notes (the "why"):
   ``os.killpg(pgid, ...)`` reaches every helper it started, including background grandchildren, and the
   supervisor (which catches SIGTERM to record how the command ended).
 * The supervisor reads both pipes continuously, so the command never stalls on a full pipe whether or not
-  anybody follows; a follower reads the output file in 1 MiB chunks and hands lines over in batches (a
+  anybody follows; a follower reads the output file in 64 KiB chunks and hands lines over in batches (a
   million-line run costs a few hundred callback calls, not millions).
 * After the command exits, background children may still hold the pipes open: the supervisor drains for at
   most ``DRAIN_SECONDS`` and then ends what is left, so a run never hangs and never leaves an orphan behind.

@@ -77,8 +77,10 @@ DRAIN_SECONDS = supervisor.DRAIN_SECONDS
 KILL_WAIT_SECONDS = supervisor.KILL_WAIT_SECONDS
 #: How long spawn waits for the supervisor to report that the command started (a loaded machine is slow).
 START_TIMEOUT_SECONDS = 30.0
-#: New output is not signalled by any descriptor: an idle follower looks at the file this often. (The end of
-#: the run is signalled: a pidfd on the supervisor wakes the follower at once.)
+#: New output is not signalled by any descriptor: a follower that caught up looks at the file again after
+#: FIRST_TAIL_POLL_SECONDS, doubling while nothing comes, up to TAIL_POLL_SECONDS. (The end of the run is
+#: signalled: a pidfd on the supervisor wakes the follower at once.)
+FIRST_TAIL_POLL_SECONDS = 0.002
 TAIL_POLL_SECONDS = 0.05
 _POLL_SECONDS = supervisor.POLL_SECONDS
 #: A run id names a folder: one path component, no dot files.
@@ -542,6 +544,7 @@ class _Follower:
         self.group_gone = False
         self.supervisor_gone = False
         self.pidfd: int | None = None
+        self.tail_poll = FIRST_TAIL_POLL_SECONDS
         self._watch_supervisor()
 
     def _watch_supervisor(self) -> None:
@@ -582,6 +585,8 @@ class _Follower:
             batch: list[tuple[str, str]] = []
             progressed = self.reader.read(batch)
             self._dispatch(batch)
+            if progressed:
+                self.tail_poll = FIRST_TAIL_POLL_SECONDS  # output flows: look again soon once caught up
             now = time.monotonic()
             if self.reader.ended:
                 self._wait_supervisor_gone(KILL_WAIT_SECONDS)
@@ -641,7 +646,8 @@ class _Follower:
         )
 
     def _wait_seconds(self, now: float, deadline: float | None, next_tick: float) -> float:
-        targets = [next_tick, now + TAIL_POLL_SECONDS]
+        targets = [next_tick, now + self.tail_poll]
+        self.tail_poll = min(self.tail_poll * 2, TAIL_POLL_SECONDS)
         if self.phase is not _Phase.RUNNING or self.supervisor_gone:
             targets.append(now + _POLL_SECONDS)  # group emptiness is not signalled by any descriptor
             if self.phase is not _Phase.RUNNING:
@@ -855,7 +861,7 @@ def follow(
     """Follow a run (blocking) until its supervisor wrote its last record, streaming its output.
 
     ``on_start(pgid)`` is called first. ``on_lines`` receives batches of ``(stream, line)`` pairs (one batch
-    per read of the output file, at most 1 MiB), stream "out"/"err", lines without newline, decoded as UTF-8
+    per read of the output file, at most 64 KiB), stream "out"/"err", lines without newline, decoded as UTF-8
     with errors="replace", lines over 64 KiB truncated. ``on_tick(elapsed)`` is called about every
     ``tick_seconds`` even when the command is silent, and ``should_stop()`` is polled on every tick while the
     command runs: CANCELLED or SHUTDOWN end the group (SIGTERM, then SIGKILL after ``kill_grace_seconds``),
