@@ -172,6 +172,10 @@ class _LineSplitter:
         self._discarding = False
 
 
+#: No record the supervisor writes is longer (a pipe read, or the short end record).
+_MAX_RECORD_BYTES = supervisor.READ_CHUNK_BYTES
+
+
 class OutputReader:
     """Reads the records of a run's output segments in order while the supervisor appends to them.
 
@@ -225,7 +229,7 @@ class OutputReader:
     def _open_next(self, batch: list[tuple[str, str]]) -> bool:
         wanted = self.index + 1
         fd = self._open(wanted)
-        if fd is None and (self.index <= 0 or os.fstat(self.fd).st_nlink == 0):  # type: ignore[arg-type]
+        if fd is None and (self.fd is None or self.index <= 0 or os.fstat(self.fd).st_nlink == 0):
             # The next segment is missing. Past the first segment that means we read the current one, unless
             # ours was rotated away (we fell behind); the first is never deleted, so after it (or before it,
             # when attaching) the next may be gone while later ones exist. Continue with the oldest kept.
@@ -238,10 +242,9 @@ class OutputReader:
                     wanted = later
         if fd is None:
             return False
-        if self.fd is not None:
-            while data := os.read(self.fd, FILE_READ_BYTES):
-                self._parse(data, batch)
-            os.close(self.fd)
+        while self.fd is not None and (data := os.read(self.fd, FILE_READ_BYTES)):
+            self._parse(data, batch)  # may give up on the segment (and close it) at a corrupt record
+        self.close()
         if self._pending or wanted != self.index + 1:
             # A torn record, or a gap: the pieces of the lines cut there are dropped rather than shown as
             # lines (or glued together into one that never was).
@@ -271,20 +274,20 @@ class OutputReader:
         pos, end = 0, len(data)
         while end - pos >= size:
             kind, length = unpack(data, pos)
-            stop = pos + size + length
-            if stop > end:
-                break
             splitter = splitters.get(kind)
-            if splitter is not None:
-                splitter.feed(data[pos + size : stop], batch)
-            elif kind == supervisor.END:
-                self._on_end(data[pos + size : stop])
-                pos = end
-                break
-            else:
+            if (splitter is None and kind != supervisor.END) or length > _MAX_RECORD_BYTES:
                 # Not a record boundary: the rest of this segment cannot be trusted. Skip to the next one.
                 self.skipped_segments += 1
                 self.close()
+                pos = end
+                break
+            stop = pos + size + length
+            if stop > end:
+                break
+            if splitter is not None:
+                splitter.feed(data[pos + size : stop], batch)
+            else:
+                self._on_end(data[pos + size : stop])
                 pos = end
                 break
             pos = stop

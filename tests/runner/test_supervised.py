@@ -592,3 +592,22 @@ def test_a_command_that_cannot_start_is_recorded_as_such(tmp_path: Path, state: 
     assert not isinstance(result, Gone) and result.reason is EndReason.SPAWN_FAILED
     assert result.error == f"script not found: {missing}" and result.pid is None
     assert recorded_runs(state) == ["nope"]  # kept until the caller has recorded the failure
+
+
+def test_a_corrupt_segment_is_skipped_from_the_bad_record_on(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    header = supervisor.RECORD_HEADER
+    (folder / supervisor.segment_name(0)).write_bytes(
+        header.pack(supervisor.STDOUT, 6) + b"first\n" + b"garbage that is no record" + b"x" * 100
+    )
+    (folder / supervisor.segment_name(1)).write_bytes(
+        header.pack(supervisor.STDERR, 7) + b"second\n" + header.pack(supervisor.END, 2) + b"{}"
+    )
+    reader = runner.OutputReader(folder)
+    batch: list[tuple[str, str]] = []
+    while reader.read(batch):
+        pass
+    reader.finish(batch)
+    assert batch == [("out", "first"), ("err", "second")]
+    assert reader.ended and reader.skipped_segments == 1
