@@ -10,6 +10,14 @@ file, a cancel, the feeding process killed) therefore never commits: psql reache
 open transaction, and the server rolls it back when psql disconnects. (psql alone would commit at end of
 input, even after a COPY cut in the middle.) One exception: a dump holding large objects carries its own
 BEGIN/COMMIT pairs, which end the envelope early, so such a restore can leave part of itself behind.
+
+Restricted mode: psql obeys meta-commands found in its input, `\\!` (a shell command) among them, and a dump
+is only as trustworthy as whoever could write the backup folder. The feed therefore puts psql into
+restricted mode (`\\restrict`, psql 15.14+ / 16.10+ / 17.6+) with a random key of its own before the first
+byte of the dump, and drops the dump's own `\\restrict` / `\\unrestrict` lines (pg_dump writes them with a
+key that anyone holding the file knows, and psql refuses a second `\\restrict`): until the feed's own
+`\\unrestrict` after the last byte, psql refuses every meta-command, and `\\connect` or `\\!` in a dump
+fails the restore instead of running.
 """
 
 from __future__ import annotations
@@ -298,6 +306,61 @@ class FeedResult:
     details: dict[str, object] = field(default_factory=dict)
 
 
+class RestrictLines:
+    """Drops lines that are exactly `\\restrict <key>` or `\\unrestrict <key>` from a stream of SQL.
+
+    Such a line cannot be COPY data (COPY's text format doubles a leading backslash), so the lines removed
+    are only the meta-commands themselves. A line split across two chunks is held back (at most 512 bytes).
+    """
+
+    _LINE = re.compile(rb"\\(?:un)?restrict [0-9A-Za-z]+")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._line_start = True
+        self.dropped = 0
+
+    def feed(self, data: bytes, *, final: bool = False) -> bytes:
+        buf = self._carry + data if self._carry else data
+        self._carry = b""
+        out: list[bytes] = []
+        copied = 0
+        search = 0
+        first = self._line_start
+        while True:
+            if first and buf[:1] == b"\\":
+                start = 0
+            else:
+                newline = buf.find(b"\n\\", search)
+                if newline < 0:
+                    break
+                start = newline + 1
+            first = False
+            # Most backslash lines are COPY data (\\N for NULL): two bytes rule them out.
+            if buf[start + 1 : start + 3] not in (b"re", b"un", b"") and len(buf) > start + 2:
+                search = start
+                continue
+            end = buf.find(b"\n", start)
+            if end < 0:
+                if not final and len(buf) - start <= 512:
+                    out.append(buf[copied:start])
+                    self._carry = buf[start:]
+                    self._line_start = True
+                    return b"".join(out)
+                end = len(buf)
+            if self._LINE.fullmatch(buf[start:end].rstrip(b"\r \t")):
+                out.append(buf[copied:start])
+                copied = min(end + 1, len(buf))
+                self.dropped += 1
+            search = end
+        if buf:
+            self._line_start = buf.endswith(b"\n")
+        if copied == 0:
+            return buf
+        out.append(buf[copied:])
+        return b"".join(out)
+
+
 class SqlFeed:
     """`psql -X -q -v ON_ERROR_STOP=1` fed SQL through stdin inside the commit envelope (module doc).
 
@@ -309,6 +372,8 @@ class SqlFeed:
     def __init__(self, target: Pg, *, preamble: bytes = b"", should_stop: StopCheck | None = None) -> None:
         self.target = target
         self._marker = f"bsvc-restore-committed-{secrets.token_hex(16)}".encode()
+        self._key = secrets.token_hex(24).encode()
+        self._restrict_lines = RestrictLines()
         self._committed = False
         self._should_stop = should_stop
         self._process = subprocess.Popen(
@@ -323,7 +388,7 @@ class SqlFeed:
         self._stderr = _Tail(self._process.stderr)
         self._writer = _Writer(self._process, should_stop)
         self.bytes_written = 0
-        self.write(b"BEGIN;\n" + preamble)
+        self._writer.write(b"BEGIN;\n" + preamble + b"\\restrict " + self._key + b"\n")
 
     def _look_for_marker(self, line: bytes) -> None:
         if line.rstrip(b"\r\n") == self._marker:
@@ -334,18 +399,20 @@ class SqlFeed:
         return not self._writer.broken
 
     def write(self, data: bytes) -> bool:
-        if not self._writer.write(data):
+        if not self._writer.write(self._restrict_lines.feed(data)):
             return False
         self.bytes_written += len(data)
         return True
 
-    def finish(self) -> FeedResult:
-        """Commit if every byte went in; the result says whether the marker came back."""
-        # The newline first: a dump whose last line has none must not swallow the COMMIT into it.
-        took_all = self.alive and self._writer.write(b"\nCOMMIT;\n\\echo " + self._marker + b"\n")
+    def finish(self, should_stop: StopCheck | None = None) -> FeedResult:
+        """Commit if every byte went in; the result says whether the marker came back. `should_stop`
+        (default: the one given at construction) is looked at while psql works through the end."""
+        # The newline first: a dump whose last line has none must not swallow what follows into it.
+        ending = b"\n\\unrestrict " + self._key + b"\nCOMMIT;\n\\echo " + self._marker + b"\n"
+        took_all = self.alive and self._writer.write(self._restrict_lines.feed(b"", final=True) + ending)
         self._writer.close()
         try:
-            code = _wait(self._process, self._should_stop)
+            code = _wait(self._process, should_stop or self._should_stop)
         except Cancelled:
             self._stdout.text(1)
             raise
@@ -371,7 +438,9 @@ class CustomDumpFeed:
 
     def __init__(self, target: Pg, *, preamble: bytes = b"", should_stop: StopCheck | None = None) -> None:
         self.target = target
-        self._sql = SqlFeed(target, preamble=preamble, should_stop=should_stop)
+        # The pump thread writes into this feed: should_stop() stays on the caller's thread, where
+        # it may use thread-bound resources (a database connection).
+        self._sql = SqlFeed(target, preamble=preamble)
         self._should_stop = should_stop
         self._process = subprocess.Popen(
             [PG_RESTORE, "--no-owner", "-f", "-"],
@@ -426,7 +495,7 @@ class CustomDumpFeed:
                 reason = error_summary(stderr) or f"pg_restore exited with status {code}"
                 result = FeedResult(ok=False, error=self.target.scrub(reason))
             return result
-        return self._sql.finish()
+        return self._sql.finish(self._should_stop)
 
     def _sql_error(self) -> str:
         return self.target.scrub(error_summary(self._sql._stderr.text()) or "psql stopped")

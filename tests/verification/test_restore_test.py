@@ -221,3 +221,22 @@ def test_passwords_never_appear_in_errors() -> None:
         drop_leftovers(url, "bsvc_x_")
     assert "Pa55-w0rd" not in str(raised.value)
     assert "restorer:****@127.0.0.1:1" in str(raised.value)
+
+
+def test_meta_commands_in_a_dump_are_refused_even_after_its_own_unrestrict(
+    script_backup: Path, source_db: str, tmp_path: Path, scratch_prefix: str
+) -> None:
+    sql = (script_backup / f"{source_db}.sql").read_bytes()
+    key = sql.split(b"\\restrict ", 1)[1].split(b"\n", 1)[0]
+    pwned = tmp_path / "pwned"
+    hostile = sql.replace(
+        b"\\restrict " + key + b"\n",
+        b"\\restrict " + key + b"\n\\unrestrict " + key + b"\n\\! touch " + str(pwned).encode() + b"\n",
+        1,
+    )
+    (tmp_path / "hostile.sql").write_bytes(hostile)
+    result = restore_test_dump(SERVER_URL, "hostile.sql", Opener(tmp_path), prefix=scratch_prefix)
+    assert not result.ok
+    assert "backslash commands are restricted" in (result.error or "")
+    assert not pwned.exists()
+    assert databases_like(scratch_prefix) == []
