@@ -323,40 +323,44 @@ class RestrictLines:
     def feed(self, data: bytes, *, final: bool = False) -> bytes:
         buf = self._carry + data if self._carry else data
         self._carry = b""
+        at_line_start = self._line_start
+        hold = len(buf)
+        if not final:
+            # A last, unfinished line that starts with a backslash may be one of ours: keep it for later.
+            tail = buf.rfind(b"\n") + 1
+            if (tail or at_line_start) and buf[tail : tail + 1] == b"\\" and len(buf) - tail <= 512:
+                hold = tail
+        if hold < len(buf):
+            self._carry, buf = buf[hold:], buf[:hold]
+            self._line_start = True
+        elif buf:
+            self._line_start = buf.endswith(b"\n")
+        # bytes.find for the word is fast; the rare hits are then checked for being a whole line.
+        drops: list[tuple[int, int]] = []
+        pos = 0
+        while (word := buf.find(b"restrict ", pos)) >= 0:
+            pos = word + 9
+            if buf[word - 1 : word] == b"\\":
+                start = word - 1
+            elif buf[word - 3 : word] == b"\\un":
+                start = word - 3
+            else:
+                continue
+            if (start == 0 and not at_line_start) or (start > 0 and buf[start - 1 : start] != b"\n"):
+                continue
+            end = buf.find(b"\n", word)
+            end = len(buf) if end < 0 else end
+            if self._LINE.fullmatch(buf[start:end].rstrip(b"\r \t")):
+                drops.append((start, min(end + 1, len(buf))))
+                pos = end
+        if not drops:
+            return buf
+        self.dropped += len(drops)
         out: list[bytes] = []
         copied = 0
-        search = 0
-        first = self._line_start
-        while True:
-            if first and buf[:1] == b"\\":
-                start = 0
-            else:
-                newline = buf.find(b"\n\\", search)
-                if newline < 0:
-                    break
-                start = newline + 1
-            first = False
-            # Most backslash lines are COPY data (\\N for NULL): two bytes rule them out.
-            if buf[start + 1 : start + 3] not in (b"re", b"un", b"") and len(buf) > start + 2:
-                search = start
-                continue
-            end = buf.find(b"\n", start)
-            if end < 0:
-                if not final and len(buf) - start <= 512:
-                    out.append(buf[copied:start])
-                    self._carry = buf[start:]
-                    self._line_start = True
-                    return b"".join(out)
-                end = len(buf)
-            if self._LINE.fullmatch(buf[start:end].rstrip(b"\r \t")):
-                out.append(buf[copied:start])
-                copied = min(end + 1, len(buf))
-                self.dropped += 1
-            search = end
-        if buf:
-            self._line_start = buf.endswith(b"\n")
-        if copied == 0:
-            return buf
+        for start, end in drops:
+            out.append(buf[copied:start])
+            copied = end
         out.append(buf[copied:])
         return b"".join(out)
 
