@@ -200,6 +200,10 @@ def restore_dump(
         if feed is not None:
             feed.abort()
         result.error = f"not restored: the dump is unreadable ({exc})"
+    except PgError as exc:
+        if feed is not None:
+            feed.abort()
+        result.error = str(exc)
     except BaseException:
         if feed is not None:
             feed.abort()

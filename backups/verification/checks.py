@@ -34,6 +34,7 @@ from backups.verification.manifest import (
 )
 from backups.verification.pg import (
     SCRATCH_PREFIX,
+    PgError,
     error_summary,
     restore_list_sink,
     restore_read_sink,
@@ -397,14 +398,16 @@ def _check_custom(
         check.details.update({"version": header.version, "compression": header.compression})
         if header.database:
             check.details["database"] = header.database
-    listing = restore_list_sink(should_stop)
+    try:
+        listing = restore_list_sink(should_stop)
+        reading = restore_read_sink(should_stop) if full_custom_read and restore_test_url is None else None
+    except PgError as exc:
+        check.problems.append(f"not checked: {exc}")
+        return None
     scratch = None
-    reading = None
     if restore_test_url is not None:
         scratch = ScratchRestore(restore_test_url, check.path, "custom", prefix=scratch_prefix,
                                  should_stop=should_stop)
-    elif full_custom_read:
-        reading = restore_read_sink(should_stop)
     unreadable = None
     try:
         # pg_restore --list stops reading after the table of contents: write() then says False.

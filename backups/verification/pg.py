@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -282,6 +282,13 @@ class _Writer:
             self._process.stdin.close()
 
 
+def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(args, **kwargs)
+    except OSError as exc:
+        raise PgError(f"cannot start {args[0]}: {exc.strerror or type(exc).__name__}") from None
+
+
 def _kill(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, OSError):
         process.kill()
@@ -380,7 +387,7 @@ class SqlFeed:
         self._restrict_lines = RestrictLines()
         self._committed = False
         self._should_stop = should_stop
-        self._process = subprocess.Popen(
+        self._process = _spawn(
             [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", "-d", target.conninfo],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -446,7 +453,7 @@ class CustomDumpFeed:
         # it may use thread-bound resources (a database connection).
         self._sql = SqlFeed(target, preamble=preamble)
         self._should_stop = should_stop
-        self._process = subprocess.Popen(
+        self._process = _spawn(
             [PG_RESTORE, "--no-owner", "-f", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -518,7 +525,7 @@ class ProcessSink:
     def __init__(
         self, args: Iterable[str], *, should_stop: StopCheck | None = None, keep_stdout: bool = False
     ) -> None:
-        self._process = subprocess.Popen(
+        self._process = _spawn(
             [PG_RESTORE, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,

@@ -9,6 +9,7 @@ at, and a file is never opened twice. Decompression is bounded: each step yields
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Literal
@@ -29,6 +30,25 @@ class Cancelled(Exception):
 
 class StreamError(Exception):
     """The bytes are not what their name says (corrupt, truncated); the message names no path."""
+
+
+def throttled(should_stop: StopCheck | None, seconds: float = 0.25) -> StopCheck | None:
+    """should_stop() asked at most every `seconds`: the readers ask between 1 MiB chunks, which can be
+    a thousand times a second, and a caller's check may be a database query. Once True, stays True."""
+    if should_stop is None:
+        return None
+    last = 0.0
+    stopped = False
+
+    def check() -> bool:
+        nonlocal last, stopped
+        now = time.monotonic()
+        if not stopped and now - last >= seconds:
+            last = now
+            stopped = bool(should_stop())
+        return stopped
+
+    return check
 
 
 class SourceReader:

@@ -240,3 +240,15 @@ def test_meta_commands_in_a_dump_are_refused_even_after_its_own_unrestrict(
     assert "backslash commands are restricted" in (result.error or "")
     assert not pwned.exists()
     assert databases_like(scratch_prefix) == []
+
+
+def test_missing_psql_is_a_failed_restore_test_not_a_crash(
+    script_backup: Path, source_db: str, scratch_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backups.verification import pg
+
+    monkeypatch.setattr(pg, "PSQL", "/nonexistent/psql")
+    result = restore_test_dump(SERVER_URL, f"{source_db}.sql", Opener(script_backup), prefix=scratch_prefix)
+    assert not result.ok
+    assert result.error == "cannot start /nonexistent/psql: No such file or directory"
+    assert databases_like(scratch_prefix) == []

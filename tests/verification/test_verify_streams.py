@@ -102,3 +102,25 @@ def test_decompression_bomb_is_yielded_in_bounded_pieces(compression: str, tool:
         assert len(piece) <= CHUNK
         total += len(piece)
     assert total == 256 * CHUNK
+
+
+def test_throttled_stop_check_asks_rarely_and_stays_stopped() -> None:
+    import time
+
+    from backups.verification.streams import throttled
+
+    asked: list[float] = []
+
+    def stop() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) >= 3
+
+    check = throttled(stop, seconds=0.05)
+    assert check is not None
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline
+    assert len(asked) == 3
+    assert all(b - a >= 0.045 for a, b in zip(asked, asked[1:], strict=False))
+    assert check() and len(asked) == 3
+    assert throttled(None) is None
