@@ -35,10 +35,10 @@ from backups.verification.manifest import (
 from backups.verification.pg import (
     SCRATCH_PREFIX,
     PgError,
+    TocCount,
     error_summary,
     restore_list_sink,
     restore_read_sink,
-    toc_summary,
 )
 from backups.verification.restore_test import RestoreTestResult, ScratchRestore
 from backups.verification.streams import (
@@ -399,7 +399,8 @@ def _check_custom(
         if header.database:
             check.details["database"] = header.database
     try:
-        listing = restore_list_sink(should_stop)
+        toc = TocCount()
+        listing = restore_list_sink(toc, should_stop)
         reading = restore_read_sink(should_stop) if full_custom_read and restore_test_url is None else None
     except PgError as exc:
         check.problems.append(f"not checked: {exc}")
@@ -429,7 +430,7 @@ def _check_custom(
             scratch.abort()
         raise
     code, stderr = listing.finish()
-    check.details.update(toc_summary(listing.lines))
+    check.details.update(toc.details())
     if code != 0:
         check.problems.append(f"pg_restore --list failed: {error_summary(stderr) or f'status {code}'}")
     if reading is not None:

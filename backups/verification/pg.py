@@ -217,7 +217,8 @@ class _Tail:
 
     def _run(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(OSError, ValueError):
-            for line in iter(stream.readline, b""):
+            # Bounded reads: a line longer than 64 KiB arrives in pieces instead of all at once.
+            for line in iter(lambda: stream.readline(1 << 16), b""):
                 if self._on_line is not None:
                     self._on_line(line)
                 self._data.append(line[: self._limit])
@@ -283,6 +284,8 @@ class _Writer:
 
 
 def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    # No new session: the children stay in the job's process group, so killing the job's group ends
+    # them too; on their own, they end at the end of their input (the module doc says why that is safe).
     try:
         return subprocess.Popen(args, **kwargs)
     except OSError as exc:
@@ -518,25 +521,48 @@ class CustomDumpFeed:
         self._pump.join(5)
 
 
+class TocCount:
+    """What `pg_restore --list` says, counted line by line as it comes (a big schema lists a lot)."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.table_data = 0
+        self.database: str | None = None
+
+    def line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if line.startswith(";"):
+            if line.startswith(";     dbname:"):
+                self.database = line.split(":", 1)[1].strip()
+        elif line.strip():
+            self.entries += 1
+            if " TABLE DATA " in line:
+                self.table_data += 1
+
+    def details(self) -> dict[str, object]:
+        return {"toc_entries": self.entries, "table_data_entries": self.table_data, "database": self.database}
+
+
 class ProcessSink:
-    """A pg_restore that reads a dump from stdin and produces nothing we keep (an integrity read):
-    `--list` (the table of contents) or `-f /dev/null` (every data block, decompressed)."""
+    """A pg_restore that reads a dump from stdin for an integrity read: `--list` (the table of contents,
+    each line handed to `on_line`) or `-f /dev/null` (every data block, decompressed, nothing kept)."""
 
     def __init__(
-        self, args: Iterable[str], *, should_stop: StopCheck | None = None, keep_stdout: bool = False
+        self,
+        args: Iterable[str],
+        *,
+        should_stop: StopCheck | None = None,
+        on_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self._process = _spawn(
             [PG_RESTORE, *args],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if on_line is not None else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env={**os.environ, "PGAPPNAME": "backup-service"},
         )
         assert self._process.stderr is not None
-        self.lines: list[bytes] = []
-        self._stdout = (
-            _Tail(self._process.stdout, limit=1 << 20, on_line=self.lines.append) if keep_stdout else None
-        )
+        self._stdout = _Tail(self._process.stdout, limit=4096, on_line=on_line) if on_line else None
         self._stderr = _Tail(self._process.stderr)
         self._writer = _Writer(self._process, should_stop)
         self._should_stop = should_stop
@@ -556,27 +582,9 @@ class ProcessSink:
         _kill(self._process)
 
 
-def restore_list_sink(should_stop: StopCheck | None = None) -> ProcessSink:
-    return ProcessSink(["--list", "-f", "-"], should_stop=should_stop, keep_stdout=True)
+def restore_list_sink(toc: TocCount, should_stop: StopCheck | None = None) -> ProcessSink:
+    return ProcessSink(["--list", "-f", "-"], should_stop=should_stop, on_line=toc.line)
 
 
 def restore_read_sink(should_stop: StopCheck | None = None) -> ProcessSink:
     return ProcessSink(["-f", os.devnull], should_stop=should_stop)
-
-
-def toc_summary(lines: Iterable[bytes]) -> dict[str, object]:
-    """What `pg_restore --list` said: the entry count, the tables with data, the database name."""
-    entries = 0
-    table_data = 0
-    dbname = None
-    for raw in lines:
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        if line.startswith(";"):
-            if line.startswith(";     dbname:"):
-                dbname = line.split(":", 1)[1].strip()
-            continue
-        if line.strip():
-            entries += 1
-            if " TABLE DATA " in line:
-                table_data += 1
-    return {"toc_entries": entries, "table_data_entries": table_data, "database": dbname}

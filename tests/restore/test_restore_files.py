@@ -55,6 +55,7 @@ def _hostile() -> bytes:
         _add(archive, "good.txt", data=b"good\n")
         _add(archive, "dir/sub/file.txt", data=b"nested\n")
         _add(archive, "../../outside.txt", data=b"slip\n")
+        _add(archive, "../../etc/x", data=b"slip\n")
         _add(archive, "a/../../../outside2.txt", data=b"slip\n")
         _add(archive, "/tmp/absolute.txt", data=b"abs\n")
         _add(archive, "escape", kind=tarfile.SYMTYPE, link="../../..")
@@ -75,6 +76,7 @@ def _hostile() -> bytes:
 
 EXPECTED_REFUSALS = {
     "../../outside.txt": "'..' in path",
+    "../../etc/x": "'..' in path",
     "a/../../../outside2.txt": "'..' in path",
     "/tmp/absolute.txt": "absolute path",
     "escape": "symlink (to '../../..') not restored",
