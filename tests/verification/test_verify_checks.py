@@ -301,3 +301,20 @@ def test_unreachable_restore_server_is_reported_without_its_password(
     text = repr(deep.problems) + repr([r.to_document() for r in deep.databases])
     assert "Sup3r-Secret" not in text
     assert "postgresql://postgres:****@127.0.0.1" in text
+
+
+def test_gzipped_plain_dump_is_checked_and_restore_tested_through_gzip(
+    script_backup: Path, tmp_path: Path, source_db: str, scratch_prefix: str
+) -> None:
+    folder = copy_backup(script_backup, tmp_path)
+    dump = folder / f"{source_db}.sql"
+    packed = gzip.compress(dump.read_bytes())
+    dump.unlink()
+    (folder / "nightly.sql.gz").write_bytes(packed)
+    (folder / "cut.sql.gz").write_bytes(packed[: len(packed) // 2])
+    rewrite_manifest(folder)
+    deep, _ = _verify(folder, level="deep", restore_test_url=SERVER_URL, scratch_prefix=scratch_prefix)
+    results = {result.dump: result for result in deep.databases}
+    assert results["nightly.sql.gz"].ok and results["nightly.sql.gz"].tables == SOURCE_ROWS
+    assert "cut.sql.gz: corrupt dump: truncated gzip stream" in deep.problems
+    assert not results["cut.sql.gz"].ok
