@@ -177,15 +177,25 @@ BACKUP_SCRIPT = envpath("BACKUP_SCRIPT", BASE_DIR / "scripts" / "production-back
 BACKUP_ROOT = envpath("BACKUP_ROOT", VAR_DIR / "backups" / "production")
 BACKUP_SCRIPT_LOG = envpath("BACKUP_SCRIPT_LOG", VAR_DIR / "log" / "beauty-backup.log")
 SERVICE_LOG = envpath("SERVICE_LOG", VAR_DIR / "log" / "backup-service.log")
+# Where each run's supervisor keeps the script's output and exit status, so a run outlives a restart.
+BACKUP_STATE_DIR = envpath("BACKUP_STATE_DIR", VAR_DIR / "state")
 BACKUP_RUN_TIMEOUT = envint("BACKUP_RUN_TIMEOUT", 21600, minimum=1)
 SHUTDOWN_GRACE_SECONDS = envint("SHUTDOWN_GRACE_SECONDS", 30, minimum=0)
 # Between SIGTERM and SIGKILL of the script's process group on cancel, timeout and shutdown.
 BACKUP_KILL_GRACE_SECONDS = envint("BACKUP_KILL_GRACE_SECONDS", 10, minimum=0)
-BACKUP_COMPRESSION_LEVEL = envint("BACKUP_COMPRESSION_LEVEL", 6, minimum=1, maximum=9)
 # How often the worker looks for queued runs, due schedules and changed folders.
 WORKER_POLL_SECONDS = float(envint("WORKER_POLL_MS", 500, minimum=50)) / 1000
 CATALOGUE_SYNC_SECONDS = envint("CATALOGUE_SYNC_SECONDS", 60, minimum=1)
 WORKER_STALE_SECONDS = 60
+# Deep verification restores each database dump into a scratch database on this PostgreSQL server
+# (the service creates and drops databases there). Unset: deep verification reads and checks every
+# archive and dump, without the restore-test.
+RESTORE_TEST_DATABASE_URL = env("RESTORE_TEST_DATABASE_URL")
+# A labelled demo dump (the reference script's, when PostgreSQL holds no such database) passes
+# verification only when this is on: in production it means a backup without its database.
+ALLOW_DEMO_DUMPS = envbool("ALLOW_DEMO_DUMPS", False)
+# Nothing automatic (verification, off-site copy) starts in the first minutes after start-up.
+AUTOMATIC_JOBS_DELAY_SECONDS = envint("AUTOMATIC_JOBS_DELAY_SECONDS", 180, minimum=0)
 # Minimum free space in the backup root for test-script to call it ok.
 MIN_FREE_BYTES = envint("MIN_FREE_BYTES", 1 << 30, minimum=0)
 DOWNLOAD_ACCEL_PREFIX = env("DOWNLOAD_ACCEL_PREFIX")
@@ -270,6 +280,8 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "backups.runs.models.RunStatus",
         "BackupTypeEnum": "backups.catalogue.models.BackupType",
         "RunTypeEnum": "backups.runs.models.RunType",
+        "RunKindEnum": "backups.runs.models.RunKind",
+        "VerificationStatusEnum": "backups.catalogue.models.VerificationStatus",
     },
 }
 

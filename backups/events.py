@@ -33,6 +33,20 @@ BACKUP_PROGRESS = "backup-progress"
 BACKUP_COMPLETED = "backup-completed"
 BACKUP_ERROR = "backup-error"
 SYSTEM_NOTIFICATION = "system-notification"
+# Runs of the other kinds (verify, restore, offsite): the same bodies plus `kind`.
+JOB_PROGRESS = "job-progress"
+JOB_COMPLETED = "job-completed"
+JOB_ERROR = "job-error"
+PROGRESS_EVENTS = (BACKUP_PROGRESS, JOB_PROGRESS)
+
+
+def for_kind(kind: str, backup_event: str) -> str:
+    """The event name of a run of this kind: `backup-*` for backups only, `job-*` for the others."""
+    if kind == "backup":
+        return backup_event
+    return {BACKUP_PROGRESS: JOB_PROGRESS, BACKUP_COMPLETED: JOB_COMPLETED, BACKUP_ERROR: JOB_ERROR}[
+        backup_event
+    ]
 
 
 class _Publisher:
@@ -41,7 +55,7 @@ class _Publisher:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-        self.pending_progress: dict[str, dict[str, Any]] = {}
+        self.pending_progress: dict[str, tuple[str, dict[str, Any]]] = {}
         self.last_progress_at: dict[str, float] = {}
         self.flush_handles: dict[str, asyncio.TimerHandle] = {}
         self.idle = asyncio.Event()
@@ -50,8 +64,8 @@ class _Publisher:
 
     # Everything below runs on self.loop.
     def put(self, event: str, data: dict[str, Any]) -> None:
-        if event == BACKUP_PROGRESS:
-            self._offer_progress(data)
+        if event in PROGRESS_EVENTS:
+            self._offer_progress(event, data)
             return
         run_id = str(data.get("run_id", ""))
         if run_id:
@@ -63,9 +77,9 @@ class _Publisher:
         self.idle.clear()
         self.queue.put_nowait((event, data))
 
-    def _offer_progress(self, data: dict[str, Any]) -> None:
+    def _offer_progress(self, event: str, data: dict[str, Any]) -> None:
         run_id = str(data.get("run_id", ""))
-        self.pending_progress[run_id] = data
+        self.pending_progress[run_id] = (event, data)
         if run_id in self.flush_handles:
             return  # a send is already scheduled; it will carry this newer state
         wait = self.last_progress_at.get(run_id, 0.0) + PROGRESS_INTERVAL - time.monotonic()
@@ -78,10 +92,10 @@ class _Publisher:
         handle = self.flush_handles.pop(run_id, None)
         if handle is not None:
             handle.cancel()
-        data = self.pending_progress.pop(run_id, None)
-        if data is not None:
+        pending = self.pending_progress.pop(run_id, None)
+        if pending is not None:
             self.last_progress_at[run_id] = time.monotonic()
-            self._enqueue(BACKUP_PROGRESS, data)
+            self._enqueue(*pending)
 
     async def _send_forever(self) -> None:
         layer = get_channel_layer()
@@ -181,8 +195,10 @@ def drain(timeout: float = 5.0) -> bool:
 # --- the payloads -------------------------------------------------------------------------------------
 
 
-def progress_payload(run_id: str, backup_id: str, percent: int, stage: str, message: str) -> dict[str, Any]:
-    return {
+def progress_payload(
+    run_id: str, backup_id: str, percent: int, stage: str, message: str, kind: str = "backup"
+) -> dict[str, Any]:
+    payload = {
         "run_id": run_id,
         "backup_id": backup_id or None,
         "percent": percent,
@@ -190,6 +206,9 @@ def progress_payload(run_id: str, backup_id: str, percent: int, stage: str, mess
         "message": message,
         "timestamp": timezone.now().isoformat(),
     }
+    if kind != "backup":
+        payload["kind"] = kind
+    return payload
 
 
 def notify(level: str, message: str) -> None:

@@ -34,6 +34,7 @@ def backup_root(tmp_path: Path, settings) -> Path:
     settings.BACKUP_ROOT = root
     settings.BACKUP_SCRIPT_LOG = tmp_path / "log" / "beauty-backup.log"
     settings.BACKUP_SCRIPT = REFERENCE_SCRIPT
+    settings.BACKUP_STATE_DIR = tmp_path / "state"
     settings.MIN_FREE_BYTES = 0
     sync.reset()
     return root

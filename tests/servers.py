@@ -134,6 +134,7 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
         {
             "BACKUP_ROOT": str(tmp / "backups"),
             "BACKUP_SCRIPT_LOG": str(tmp / "script.log"),
+            "BACKUP_STATE_DIR": str(tmp / "state"),
             "SERVICE_LOG": str(tmp / "service.log"),
             "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
             "JWT_SECRET": "e2e-" + secrets.token_hex(24),

@@ -8,6 +8,7 @@ backup_detail = backups.BackupViewSet.as_view({"get": "retrieve", "delete": "des
 # authentication) are passed here.
 backup_download = backups.BackupViewSet.as_view({"get": "download"}, **backups.BackupViewSet.download.kwargs)
 backup_download_link = backups.BackupViewSet.as_view({"post": "download_link"})
+backup_verify = backups.BackupViewSet.as_view({"post": "verify"})
 backup_pin = backups.BackupViewSet.as_view({"post": "pin"})
 backup_unpin = backups.BackupViewSet.as_view({"post": "unpin"})
 run_list = runs.RunViewSet.as_view({"get": "list"})
@@ -28,6 +29,7 @@ urlpatterns = [
     re_path(r"^runs/(?P<pk>[^/]+)/cancel/?$", run_cancel, name="run-cancel"),
     re_path(r"^(?P<pk>[^/]+)/download/?$", backup_download, name="backup-download"),
     re_path(r"^(?P<pk>[^/]+)/download-link/?$", backup_download_link, name="backup-download-link"),
+    re_path(r"^(?P<pk>[^/]+)/verify/?$", backup_verify, name="backup-verify"),
     re_path(r"^(?P<pk>[^/]+)/pin/?$", backup_pin, name="backup-pin"),
     re_path(r"^(?P<pk>[^/]+)/unpin/?$", backup_unpin, name="backup-unpin"),
     re_path(r"^(?P<pk>[^/]+)/?$", backup_detail, name="backup-detail"),

@@ -19,6 +19,13 @@ class BackupType(models.TextChoices):
     EXTERNAL = "external"
 
 
+class VerificationStatus(models.TextChoices):
+    NEVER = "never"
+    OK = "ok"
+    FAILED = "failed"
+    RUNNING = "running"
+
+
 class Backup(models.Model):
     """One folder directly inside BACKUP_ROOT. Disk is the truth; this row is its catalogue entry."""
 
@@ -34,6 +41,15 @@ class Backup(models.Model):
     pinned = models.BooleanField(default=False)
     verified = models.BooleanField(default=False)
     is_latest = models.BooleanField(default=False)
+    # The last verification (`verified` is true only when it passed) and the one owed, if any: durable
+    # state the verification step picks up ("quick" or "deep"; "" when none is owed).
+    verification_status = models.CharField(
+        max_length=16, choices=VerificationStatus.choices, default=VerificationStatus.NEVER
+    )
+    verification_level = models.CharField(max_length=8, blank=True, default="")
+    verified_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    verification = models.JSONField(default=dict, blank=True)  # {"problems": [...], "databases": [...]}
+    verification_due = models.CharField(max_length=8, blank=True, default="", db_index=True)
     run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Change signature of the folder at its last scan: equal signature -> no re-walk needed.
     signature = models.CharField(max_length=4000, blank=True, default="")

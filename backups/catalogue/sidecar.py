@@ -24,7 +24,9 @@ from backups.catalogue.paths import (
     not_found,
 )
 
-METADATA_TMP_MARKER = ".json.tmp-"
+METADATA_TMP_MARKER = ".tmp-"
+MANIFEST_SUFFIX = ".sha256"
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 _MAX_METADATA_BYTES = 1 << 20
@@ -62,8 +64,9 @@ def remove_metadata(root: Path, backup_id: str) -> None:
     if fd is None:
         return
     try:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            os.unlink(f"{backup_id}.json", dir_fd=fd)
+        for name in (f"{backup_id}.json", f"{backup_id}{MANIFEST_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -72,11 +75,31 @@ def write_metadata(root: Path, backup_id: str, data: Mapping[str, Any]) -> None:
     """Values that JSON cannot encode (datetime, UUID, Decimal, ...) are stored as str()."""
     if not is_valid_id(backup_id):
         raise not_found()
-    payload = json.dumps(dict(data), default=str, sort_keys=True).encode("utf-8")
+    _write(root, f"{backup_id}.json", json.dumps(dict(data), default=str, sort_keys=True).encode("utf-8"))
+
+
+def write_manifest(root: Path, backup_id: str, text: str) -> None:
+    """The `sha256sum` manifest the service built for a backup whose script wrote none: kept here,
+    never inside the backup folder, which stays exactly as the script left it."""
+    if not is_valid_id(backup_id):
+        raise not_found()
+    _write(root, f"{backup_id}{MANIFEST_SUFFIX}", text.encode("utf-8"))
+
+
+def read_manifest(root: Path, backup_id: str) -> str | None:
+    if not is_valid_id(backup_id):
+        raise not_found()
+    raw = _read(root, f"{backup_id}{MANIFEST_SUFFIX}", MAX_MANIFEST_BYTES)
+    try:
+        return raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _write(root: Path, final: str, payload: bytes) -> None:
     fd = service_dir_fd(root, create=True)
     assert fd is not None
-    final = f"{backup_id}.json"
-    tmp = f".{backup_id}{METADATA_TMP_MARKER}{secrets.token_hex(6)}"
+    tmp = f".{final}{METADATA_TMP_MARKER}{secrets.token_hex(6)}"  # a dot name: never a backup id
     try:
         try:
             out = os.open(tmp, NEW_FILE_FLAGS, 0o640, dir_fd=fd)
@@ -87,7 +110,7 @@ def write_metadata(root: Path, backup_id: str, data: Mapping[str, Any]) -> None:
                 fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())
-            # Atomic: readers see the previous JSON or the new one, never a partial file.
+            # Atomic: readers see the previous file or the new one, never a partial one.
             os.replace(tmp, final, src_dir_fd=fd, dst_dir_fd=fd)
         except OSError:
             with contextlib.suppress(OSError):
@@ -97,28 +120,37 @@ def write_metadata(root: Path, backup_id: str, data: Mapping[str, Any]) -> None:
         os.close(fd)
 
 
-def read_metadata(root: Path, backup_id: str) -> dict[str, Any]:
-    if not is_valid_id(backup_id):
-        raise not_found()
+def _read(root: Path, name: str, limit: int) -> bytes | None:
     try:
         fd = service_dir_fd(root, create=False)
     except CatalogueError:
-        return {}
+        return None
     if fd is None:
-        return {}
+        return None
     try:
         try:
-            f = os.open(f"{backup_id}.json", FILE_FLAGS, dir_fd=fd)
+            f = os.open(name, FILE_FLAGS, dir_fd=fd)
         except OSError:
-            return {}
+            return None
         with open(f, "rb", closefd=True) as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_METADATA_BYTES:
-                return {}
-            raw = fh.read(_MAX_METADATA_BYTES + 1)
-        value = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return {}
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return None
+            return fh.read(limit + 1)
+    except OSError:
+        return None
     finally:
         os.close(fd)
+
+
+def read_metadata(root: Path, backup_id: str) -> dict[str, Any]:
+    if not is_valid_id(backup_id):
+        raise not_found()
+    raw = _read(root, f"{backup_id}.json", _MAX_METADATA_BYTES)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
     return value if isinstance(value, dict) else {}

@@ -105,7 +105,10 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
         # A folder whose content changed since it was verified is not verified any more.
         changed = [row.id for row in scanned if row.id in known and known[row.id] != row.signature]
         if changed:
-            Backup.objects.filter(id__in=changed, verified=True).update(verified=False)
+            # Its last verdict lapses and it is seen anew (the verification step owes it a check).
+            Backup.objects.filter(id__in=changed).exclude(verification_status="never").update(
+                verified=False, verification_status="never", verification_due=""
+            )
         for batch_start in range(0, len(scanned), 500):
             Backup.objects.bulk_create(
                 scanned[batch_start : batch_start + 500],
@@ -205,8 +208,14 @@ def _valid_uuids(values: Iterable[str]) -> list[uuid.UUID]:
 
 def _sync_latest_flag(root: Path) -> None:
     target = latest.read_latest(root)
-    if target and Backup.objects.filter(id=target).exclude(status=BackupStatus.COMPLETED).exists():
-        # A failed run's script may have pointed `latest` at its half-written folder.
+    if (
+        target
+        and Backup.objects.filter(
+            id=target, status__in=[BackupStatus.INCOMPLETE, BackupStatus.FAILED]
+        ).exists()
+    ):
+        # A failed run's script may have pointed `latest` at its half-written folder. A running one is
+        # left alone: its run may still succeed (followed again after a restart).
         target = repoint_latest()
     Backup.objects.filter(is_latest=True).exclude(id=target or "").update(is_latest=False)
     if target:

@@ -239,8 +239,9 @@ def plan_extraction(
     """The dry run: the whole archive read (so a corrupt one is found), nothing written anywhere."""
     report = ExtractionReport(dry_run=True)
     planner = _Planner(normalize_prefixes(prefixes), limits)
-    reader = SourceReader(fileobj, on_bytes=_progress(size_bytes, on_progress, "reading archive"),
-                          should_stop=should_stop)
+    reader = SourceReader(
+        fileobj, on_bytes=_progress(size_bytes, on_progress, "reading archive"), should_stop=should_stop
+    )
     try:
         stream = ByteStream(decompressed(reader.chunks(), compression))
         for member, data in iter_tar(stream):
@@ -399,8 +400,15 @@ def extract_archive(
             raise ExtractionError("the new folder could not be opened") from None
         writer = _Writer(root_fd)
         try:
-            _extract(fileobj, compression, writer, _Planner(prefix_parts, limits), report,
-                     _progress(size_bytes, on_progress, "extracting"), should_stop)
+            _extract(
+                fileobj,
+                compression,
+                writer,
+                _Planner(prefix_parts, limits),
+                report,
+                _progress(size_bytes, on_progress, "extracting"),
+                should_stop,
+            )
             writer.apply_dir_times()
         except Cancelled:
             report.ok, report.cancelled, report.error = False, True, "cancelled"

@@ -27,6 +27,16 @@ class RunType(models.TextChoices):
     SCHEDULED = "scheduled"
 
 
+class RunKind(models.TextChoices):
+    """What a run does. Every kind shares the one-at-a-time lane, the runs table, progress, cancel and
+    the supervisor that lets it outlive a restart; only `backup` runs the script."""
+
+    BACKUP = "backup"
+    VERIFY = "verify"
+    RESTORE = "restore"
+    OFFSITE = "offsite"
+
+
 class Run(models.Model):
     """One execution of the backup script, from the request that queued it to its end."""
 
@@ -35,6 +45,12 @@ class Run(models.Model):
         max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True
     )
     type = models.CharField(max_length=16, choices=RunType.choices, default=RunType.MANUAL)
+    kind = models.CharField(max_length=16, choices=RunKind.choices, default=RunKind.BACKUP, db_index=True)
+    # Started by the service itself (a verification after a run, an off-site copy): a backup request
+    # cancels it rather than wait for it, and it is tried again later.
+    automatic = models.BooleanField(default=False)
+    params = models.JSONField(default=dict, blank=True)  # what the job works on (no secrets)
+    result = models.JSONField(default=dict, blank=True)  # what a job found or did
     description = models.CharField(max_length=500, blank=True, default="")
     triggered_by = models.CharField(max_length=200)  # user id, "schedule" or "cli"
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -64,7 +80,7 @@ class Run(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.type} run {self.id} ({self.status})"
+        return f"{self.kind} run {self.id} ({self.status})"
 
     @property
     def is_active(self) -> bool:

@@ -27,8 +27,8 @@ class Circumstances:
     disk_full: bool = False
     lease_lost: bool = False
     timeout_seconds: int = 0
-    shutdown_grace_seconds: int = 0
     script_dir: str = ""
+    subject: str = "script"  # what ran: "script", or "job" for runs of the other kinds
 
 
 def outcome(result: RunResult, facts: Circumstances, *, output: str, output_lines: int) -> RunEnd:
@@ -37,21 +37,18 @@ def outcome(result: RunResult, facts: Circumstances, *, output: str, output_line
     if result.reason == EndReason.EXITED and result.exit_code == 0:
         return RunEnd(SUCCEEDED, 0, "", output, output_lines)
     if result.reason == EndReason.CANCELLED:
-        why = "Cancelled: the script's processes were ended."
+        why = f"Cancelled: the {facts.subject}'s processes were ended."
         return RunEnd(CANCELLED, result.exit_code, why, output, output_lines)
-    if result.reason == EndReason.SHUTDOWN and facts.lease_lost:
-        why = "Interrupted: this worker stalled and lost its lease to another; its script was ended."
-        return RunEnd(INTERRUPTED, result.exit_code, why, output, output_lines)
     if result.reason == EndReason.SHUTDOWN:
+        # Only a worker that lost its lease ends a script this way; a stopping service leaves it running.
         why = (
-            "Interrupted: the service shut down "
-            f"and the backup did not finish within {facts.shutdown_grace_seconds} s."
+            f"Interrupted: this worker stalled and lost its lease to another; its {facts.subject} was ended."
         )
         return RunEnd(INTERRUPTED, result.exit_code, why, output, output_lines)
     if result.reason == EndReason.TIMEOUT:
         why = (
-            f"Timed out after {facts.timeout_seconds} s (BACKUP_RUN_TIMEOUT); the script's processes "
-            "were ended." + (f"\n{errors}" if errors else "")
+            f"Timed out after {facts.timeout_seconds} s (BACKUP_RUN_TIMEOUT); "
+            f"the {facts.subject}'s processes were ended." + (f"\n{errors}" if errors else "")
         )
         return RunEnd(FAILED, result.exit_code, why, output, output_lines)
     if result.reason == EndReason.SPAWN_FAILED:
@@ -59,10 +56,13 @@ def outcome(result: RunResult, facts: Circumstances, *, output: str, output_line
         error = result.error
         if facts.script_dir:
             error = error.replace(facts.script_dir + "/", "").replace(facts.script_dir, "<script dir>")
-        return RunEnd(FAILED, None, f"The backup script could not be started: {error}", output, output_lines)
-    headline = f"The script exited with code {result.exit_code}"
+        what = "backup script" if facts.subject == "script" else facts.subject
+        return RunEnd(FAILED, None, f"The {what} could not be started: {error}", output, output_lines)
+    headline = f"The {facts.subject} exited with code {result.exit_code}"
     if facts.disk_full:
-        headline = f"Disk full: the script exited with code {result.exit_code} (No space left on device)"
+        headline = (
+            f"Disk full: the {facts.subject} exited with code {result.exit_code} (No space left on device)"
+        )
     return RunEnd(
         FAILED, result.exit_code, headline + (f".\n{errors}" if errors else "."), output, output_lines
     )

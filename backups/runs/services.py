@@ -4,6 +4,8 @@ same transaction and announces itself to the WebSocket clients only once committ
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -13,8 +15,9 @@ from backups.audit import SCHEDULE, Actor, audit, refuse
 from backups.catalogue import sync
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.services import backup_write_facts
+from backups.errors import Conflict
 from backups.runs import duties
-from backups.runs.models import Duty, Run, RunStatus, RunType
+from backups.runs.models import ACTIVE_RUN_STATUSES, Duty, Run, RunKind, RunStatus, RunType
 from backups.runs.outcome import RunEnd
 from backups.runs.selectors import current_run
 
@@ -22,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "RunEnd",
+    "job_enqueue",
+    "job_finish",
     "run_claim",
     "run_enqueue",
     "run_finish",
@@ -34,29 +39,174 @@ __all__ = [
 
 
 def run_enqueue(*, actor: Actor, description: str = "", run_type: str = RunType.MANUAL) -> Run:
-    """Queue a run for the worker. The partial unique constraint on active runs makes the database,
-    not this function, the judge of "only one at a time": a concurrent insert fails with IntegrityError."""
+    """Queue a backup run for the worker. The partial unique constraint on active runs makes the
+    database, not this function, the judge of "only one at a time": a concurrent insert fails with
+    IntegrityError. A backup never waits for an automatic job: one that is queued or running is
+    cancelled to make way (its capability tries it again later); any other run in the way is a 409."""
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                run = Run.objects.create(type=run_type, description=description, triggered_by=actor.id)
+                audit(
+                    "run.create",
+                    actor=actor,
+                    target=str(run.id),
+                    details={"type": run_type, "description": description},
+                )
+            break
+        except IntegrityError:
+            if attempt == 0 and _make_way(actor):
+                continue
+            current = current_run()
+            raise refuse(
+                "run.create",
+                "A backup is already queued or running."
+                if current is None or current.kind == RunKind.BACKUP
+                else f"A {current.kind} run is queued or running; cancel it first.",
+                actor=actor,
+                target=str(current.id) if current else "",
+                reason="a run is already queued or running",
+                run=current,
+            ) from None
+    logger.info("run queued", extra={"run_id": str(run.id), "actor": actor.id, "type": run_type})
+    events.notify("info", f"Backup queued by {actor}.")
+    return run
+
+
+PREEMPTED = "Cancelled to make way for a backup; it is tried again later."
+
+
+def _make_way(actor: Actor) -> bool:
+    """Cancel the automatic job in the lane (its worker ends its process group within a tick)."""
+    with transaction.atomic():
+        job = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES, automatic=True).first()
+        if job is None:
+            return False
+        ended = Run.objects.filter(id=job.id, status__in=ACTIVE_RUN_STATUSES).update(
+            status=RunStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=timezone.now(),
+            error=PREEMPTED,
+            progress_stage="cancelled",
+        )
+        if not ended:
+            return False
+        audit("run.preempt", actor=actor, target=str(job.id), details={"kind": job.kind})
+        events.broadcast_on_commit(
+            events.JOB_ERROR, {"run_id": str(job.id), "error": PREEMPTED, "exit_code": None, "kind": job.kind}
+        )
+    return True
+
+
+def job_enqueue(
+    *,
+    kind: str,
+    actor: Actor,
+    params: dict[str, Any],
+    backup_id: str = "",
+    automatic: bool = False,
+    description: str = "",
+) -> Run:
+    """Queue a run of another kind (verify, restore, offsite) in the same one-at-a-time lane. An
+    automatic one is refused quietly (None-free: Conflict) when the lane is busy; the caller retries."""
     try:
         with transaction.atomic():
-            run = Run.objects.create(type=run_type, description=description, triggered_by=actor.id)
+            run = Run.objects.create(
+                kind=kind,
+                type=RunType.SCHEDULED if automatic else RunType.MANUAL,
+                automatic=automatic,
+                params=params,
+                backup_id=backup_id,
+                description=description[:500],
+                triggered_by=actor.id,
+            )
             audit(
-                "run.create",
+                f"{kind}.create",
                 actor=actor,
-                target=str(run.id),
-                details={"type": run_type, "description": description},
+                target=backup_id or str(run.id),
+                details={"run_id": str(run.id), "params": params, "automatic": automatic},
             )
     except IntegrityError:
         current = current_run()
+        if automatic:
+            raise Conflict("the lane is busy", run=current) from None
         raise refuse(
-            "run.create",
-            "A backup is already queued or running.",
+            f"{kind}.create",
+            "A run is already queued or running.",
             actor=actor,
-            target=str(current.id) if current else "",
+            target=backup_id,
             reason="a run is already queued or running",
             run=current,
         ) from None
-    logger.info("run queued", extra={"run_id": str(run.id), "actor": actor.id, "type": run_type})
-    events.notify("info", f"Backup queued by {actor}.")
+    logger.info("job queued", extra={"run_id": str(run.id), "kind": kind, "actor": actor.id})
+    if not automatic:
+        events.notify("info", f"{kind.capitalize()} of {backup_id or 'the service'} queued by {actor}.")
+    return run
+
+
+def job_finish(
+    *,
+    run: Run,
+    end: RunEnd,
+    percent: int,
+    stage: str,
+    message: str,
+    result: dict[str, Any],
+    record: Callable[[Run], None],
+) -> Run:
+    """Record how a job ended and, in the same transaction, what it found (`record`, the capability's
+    own consequence, also called for a job cancelled to make way). Events after commit."""
+    succeeded = end.status == RunStatus.SUCCEEDED
+    with transaction.atomic():
+        ended = Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(
+            status=end.status,
+            finished_at=timezone.now(),
+            exit_code=end.exit_code,
+            error=end.error[:20000],
+            output=end.output,
+            output_lines=end.output_lines,
+            progress_percent=100 if succeeded else percent,
+            progress_stage=stage[:100],
+            progress_message=message[:500],
+            result=result,
+            pgid=None,
+        )
+        run.refresh_from_db()
+        record(run)
+        if not ended:
+            return run
+        audit(
+            f"{run.kind}.{end.status}",
+            actor=Actor(run.triggered_by),
+            target=run.backup_id or str(run.id),
+            outcome="ok" if succeeded else "failed",
+            details={"run_id": str(run.id), "exit_code": end.exit_code, "error": end.error[:2000]},
+        )
+        if succeeded:
+            events.broadcast_on_commit(
+                events.JOB_PROGRESS,
+                events.progress_payload(str(run.id), run.backup_id, 100, "completed", message, run.kind),
+            )
+            events.broadcast_on_commit(
+                events.JOB_COMPLETED,
+                {
+                    "run_id": str(run.id),
+                    "backup_id": run.backup_id or None,
+                    "duration_seconds": run.duration_seconds,
+                    "kind": run.kind,
+                },
+            )
+        else:
+            events.broadcast_on_commit(
+                events.JOB_ERROR,
+                {
+                    "run_id": str(run.id),
+                    "error": run.error or end.status,
+                    "exit_code": run.exit_code,
+                    "kind": run.kind,
+                },
+            )
+    logger.info("job finished", extra={"run_id": str(run.id), "kind": run.kind, "status": end.status})
     return run
 
 

@@ -195,8 +195,17 @@ def verify_backup(
             raise Cancelled()
         check = FileCheck(path=path, size_bytes=files[path], kind=_kind(path) if level == "deep" else "file")
         progress.file(f"verifying {path}")
-        _check_file(check, open_file, level, restore_test_url, scratch_prefix, full_custom_read, progress,
-                    should_stop, verdict)
+        _check_file(
+            check,
+            open_file,
+            level,
+            restore_test_url,
+            scratch_prefix,
+            full_custom_read,
+            progress,
+            should_stop,
+            verdict,
+        )
         entry = expected.get(path)
         if entry is None and verdict.manifest != "none":
             check.problems.append(f"missing manifest entry (the file is not listed in {MANIFEST_NAME})")
@@ -285,8 +294,9 @@ def _check_file(
             if check.kind == "archive":
                 _check_archive(check, reader)
             elif check.kind == "dump":
-                result = _check_dump(check, reader, restore_test_url, scratch_prefix, full_custom_read,
-                                     should_stop)
+                result = _check_dump(
+                    check, reader, restore_test_url, scratch_prefix, full_custom_read, should_stop
+                )
                 if result is not None:
                     verdict.databases.append(result)
             reader.drain()
@@ -358,8 +368,9 @@ def _check_plain(
     plain = dumps.PlainDumpCheck()
     scratch = None
     if restore_test_url is not None:
-        scratch = ScratchRestore(restore_test_url, check.path, "plain", prefix=scratch_prefix,
-                                 should_stop=should_stop)
+        scratch = ScratchRestore(
+            restore_test_url, check.path, "plain", prefix=scratch_prefix, should_stop=should_stop
+        )
     unreadable = None
     try:
         for chunk in _prepend(first, chunks):
@@ -407,8 +418,9 @@ def _check_custom(
         return None
     scratch = None
     if restore_test_url is not None:
-        scratch = ScratchRestore(restore_test_url, check.path, "custom", prefix=scratch_prefix,
-                                 should_stop=should_stop)
+        scratch = ScratchRestore(
+            restore_test_url, check.path, "custom", prefix=scratch_prefix, should_stop=should_stop
+        )
     unreadable = None
     try:
         # pg_restore --list stops reading after the table of contents: write() then says False.

@@ -157,4 +157,3 @@ def build_manifest(
     if on_progress is not None:
         on_progress(100, "manifest built")
     return format_manifest(digests)
-

@@ -260,7 +260,12 @@ def restore_test_backup(
 
         results.append(
             restore_test_dump(
-                server_url, path, open_file, size_bytes=size, prefix=prefix, on_progress=scaled,
+                server_url,
+                path,
+                open_file,
+                size_bytes=size,
+                prefix=prefix,
+                on_progress=scaled,
                 should_stop=should_stop,
             )
         )
@@ -281,4 +286,3 @@ def drop_leftovers(server_url: str, prefix: str = SCRATCH_PREFIX, *, keep: Itera
             drop_database(server, name)
             dropped.append(name)
     return dropped
-

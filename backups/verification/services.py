@@ -1,39 +1,219 @@
-"""Recording what a check of a backup found, with its audit row."""
+"""Verification of backups: what is owed, asking for it, and recording what a verify job found (with
+its audit row and, for a failure, a notification)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
 
 from backups import events
 from backups.audit import WORKER, Actor, audit
-from backups.catalogue.models import Backup
-from backups.verification import quick
+from backups.catalogue.models import Backup, BackupStatus, VerificationStatus
+from backups.config.selectors import config_current
+from backups.errors import Conflict, NotFound
+from backups.runs.models import Run, RunKind, RunStatus
+from backups.runs.services import PREEMPTED, job_enqueue
 
 logger = logging.getLogger(__name__)
 
-
-def backup_verify(*, backup_id: str, actor: Actor = WORKER) -> bool | None:
-    """Read a backup back against the manifest its script wrote; None when it has none."""
-    verified = quick.verify_manifest(Path(settings.BACKUP_ROOT), backup_id)
-    if verified is not None:
-        backup_record_verification(backup_id=backup_id, verified=verified, actor=actor)
-    return verified
+LEVELS = ("quick", "deep")
+GIVE_UP_AFTER_FAILURES = 3
 
 
-def backup_record_verification(*, backup_id: str, verified: bool, actor: Actor = WORKER) -> None:
-    """The result of checking a backup against its manifest, with its audit row."""
-    with transaction.atomic():
-        Backup.objects.filter(id=backup_id).update(verified=verified)
-        audit(
-            "backup.verify",
-            actor=actor,
-            target=backup_id,
-            outcome="ok" if verified else "failed",
-            details={"verified": verified},
+def owed_level() -> str:
+    """The level a new backup is owed: deep when the config asks for it (the default)."""
+    return "deep" if config_current()["verification"]["deep"] else "quick"
+
+
+def verification_mark_due(*, backup_id: str, level: str) -> None:
+    """Owe a backup a verification; a deep one owed stays owed when a quick one is asked."""
+    queryset = Backup.objects.filter(id=backup_id)
+    if level == "quick":
+        queryset = queryset.exclude(verification_due="deep")
+    queryset.update(verification_due=level)
+
+
+def verification_request(*, backup_id: str, level: str, actor: Actor) -> Run:
+    """`POST /api/backup/<id>/verify`: a verify run an admin asked for (a backup request waits for it)."""
+    backup = Backup.objects.filter(id=backup_id).first()
+    if backup is None:
+        raise NotFound("Backup not found.")
+    if backup.status == BackupStatus.RUNNING:
+        raise Conflict("This backup is still being written; verify it once its run has ended.")
+    return job_enqueue(
+        kind=RunKind.VERIFY, actor=actor, params={"level": level}, backup_id=backup_id, automatic=False
+    )
+
+
+def verification_start_due(*, now: datetime | None = None) -> Run | None:
+    """Queue the automatic verification of the backup most owed one: the newest backup with a
+    verification due, else (once a day) the backup whose last verification is the oldest — so every
+    kept backup is re-read over time (bit rot). None when the lane is busy or nothing is owed."""
+    due = (
+        Backup.objects.exclude(verification_due="")
+        .exclude(status=BackupStatus.RUNNING)
+        .order_by("-created_at")
+        .first()
+    )
+    if due is None:
+        due = _rolling_candidate(now or timezone.now())
+        if due is None:
+            return None
+        verification_mark_due(backup_id=due.id, level="deep" if owed_level() == "deep" else "quick")
+        due.refresh_from_db()
+    try:
+        return job_enqueue(
+            kind=RunKind.VERIFY,
+            actor=WORKER,
+            params={"level": due.verification_due},
+            backup_id=due.id,
+            automatic=True,
         )
-    if not verified:
-        events.notify("error", f"Backup {backup_id} does not match its manifest (MANIFEST.sha256).")
+    except Conflict:
+        return None
+
+
+def _rolling_candidate(now: datetime) -> Backup | None:
+    """One backup a day: the one verified longest ago (never verified first)."""
+    since = now - timedelta(days=1)
+    if Run.objects.filter(kind=RunKind.VERIFY, automatic=True, created_at__gte=since).exists():
+        return None
+    return (
+        Backup.objects.filter(status=BackupStatus.COMPLETED)
+        .filter(Q(verified_at__isnull=True) | Q(verified_at__lt=since))
+        .order_by(F("verified_at").asc(nulls_first=True), "created_at")
+        .first()
+    )
+
+
+def mark_unseen_backups_due() -> int:
+    """Every backup gets a verification at first sight (external ones included: the first one writes
+    their manifest)."""
+    return (
+        Backup.objects.filter(verification_status=VerificationStatus.NEVER, verification_due="")
+        .exclude(status=BackupStatus.RUNNING)
+        .update(verification_due="quick")
+    )
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def job_prepare(run: Run) -> tuple[dict[str, Any], dict[str, str]]:
+    """The verify job's parameters and secrets; the backup shows `running` meanwhile."""
+    backup = Backup.objects.filter(id=run.backup_id).first()
+    if backup is None:
+        raise ValueError("the backup is gone")
+    level = run.params.get("level", "quick")
+    if backup.verification_status != VerificationStatus.RUNNING:
+        Run.objects.filter(id=run.id).update(
+            params={**run.params, "previous_status": backup.verification_status}
+        )
+    Backup.objects.filter(id=backup.id).update(verification_status=VerificationStatus.RUNNING)
+    params = {
+        "root": str(settings.BACKUP_ROOT),
+        "backup_id": backup.id,
+        "level": level,
+        "demo_dumps_ok": settings.ALLOW_DEMO_DUMPS,
+    }
+    secrets = {}
+    if level == "deep" and settings.RESTORE_TEST_DATABASE_URL:
+        secrets["RESTORE_TEST_DATABASE_URL"] = settings.RESTORE_TEST_DATABASE_URL
+    return params, secrets
+
+
+def job_record(run: Run) -> None:
+    """What a verify run's end means for its backup (inside the transaction that records the end)."""
+    document = run.result.get("verification") if run.status == RunStatus.SUCCEEDED else None
+    backup = Backup.objects.filter(id=run.backup_id).first()
+    if backup is None:
+        return
+    if document is None:
+        _record_no_verdict(run, backup)
+        return
+    ok = document.get("status") == "ok"
+    level = str(document.get("level") or run.params.get("level", "quick"))
+    due = backup.verification_due
+    if due == level or level == "deep":
+        due = ""
+    Backup.objects.filter(id=backup.id).update(
+        verification_status=VerificationStatus.OK if ok else VerificationStatus.FAILED,
+        verification_level=level,
+        verified_at=_parse_time(document.get("at")) or timezone.now(),
+        verification={
+            "problems": list(document.get("problems") or []),
+            "databases": list(document.get("databases") or []),
+            "restore_tested": bool(document.get("restore_tested")),
+            "manifest": run.result.get("manifest", ""),
+        },
+        verified=ok,
+        verification_due=due,
+    )
+    audit(
+        "backup.verify",
+        actor=Actor(run.triggered_by),
+        target=backup.id,
+        outcome="ok" if ok else "failed",
+        details={
+            "level": level,
+            "run_id": str(run.id),
+            "problems": list(document.get("problems") or [])[:50],
+        },
+    )
+    if not ok:
+        problems = list(document.get("problems") or [])
+        first = problems[0] if problems else "see its verification"
+        events.notify("warning", f"Verification of {backup.id} failed: {first}")
+        transaction.on_commit(lambda: notify_verification_failed(backup.id, level, problems))
+
+
+def _record_no_verdict(run: Run, backup: Backup) -> None:
+    """The job did not finish: the backup keeps its previous verdict; an automatic one is tried again,
+    unless it keeps failing (then the backup is marked failed with why)."""
+    previous = run.params.get("previous_status", VerificationStatus.NEVER)
+    if backup.verification_status == VerificationStatus.RUNNING:
+        Backup.objects.filter(id=backup.id).update(verification_status=previous)
+    if not run.automatic or run.error == PREEMPTED:
+        return
+    failures = Run.objects.filter(
+        kind=RunKind.VERIFY,
+        automatic=True,
+        backup_id=backup.id,
+        status__in=[RunStatus.FAILED, RunStatus.INTERRUPTED],
+    )
+    if backup.verified_at:
+        failures = failures.filter(finished_at__gt=backup.verified_at)
+    if failures.count() >= GIVE_UP_AFTER_FAILURES:
+        problem = f"the verification could not run ({GIVE_UP_AFTER_FAILURES} attempts): {run.error[:300]}"
+        Backup.objects.filter(id=backup.id).update(
+            verification_status=VerificationStatus.FAILED,
+            verification={"problems": [problem], "databases": []},
+            verified=False,
+            verification_due="",
+            verified_at=timezone.now(),
+        )
+        events.notify("error", f"Verification of {backup.id} could not run: {run.error[:200]}")
+
+
+def notify_verification_failed(backup_id: str, level: str, problems: list[str]) -> None:
+    """A failed verification told to the notification channels (when they are wired in)."""
+    try:
+        from backups.notifications import services as notifications
+    except ImportError:
+        return
+    notify = getattr(notifications, "notify_verification_failed", None)
+    if notify is not None:
+        notify(backup_id=backup_id, level=level, problems=problems)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None

@@ -1,4 +1,9 @@
-"""Following one running script: its environment, its output, its progress, its folder, its end."""
+"""Following one running script: its environment, its output, its progress, its folder, its end.
+
+The script runs under the runner's supervisor, which keeps its output and exit status in the state
+folder. So following it is only that: a worker that shuts down stops following (the script goes on), and
+a worker that starts finds it again (`resume`), follows it to its end or reads how it ended.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -33,6 +39,14 @@ MESSAGE_EVENT_SECONDS = 0.05
 ERROR_LINES_KEPT = 40
 
 
+class RunLost(Exception):
+    """Neither a live script nor an exit status: the run cannot be followed again."""
+
+    def __init__(self, gone: runner.Gone) -> None:
+        super().__init__("the run's supervisor is gone and recorded no exit status")
+        self.gone = gone
+
+
 class RunExecution:
     """The state of one running script: progress, its folder, its error lines."""
 
@@ -52,8 +66,10 @@ class RunExecution:
         self.cancelled = False
         self.disk_full = False
         self.lease_lost = False
+        self.floor_percent = 0
 
     def execute(self) -> Run:
+        """Start the script for a claimed run and follow it to its end (or until this worker stops)."""
         document = config_current()
         with contextlib.suppress(OSError):  # the script reports an unusable root better than we can
             self.root.mkdir(parents=True, exist_ok=True)
@@ -68,24 +84,68 @@ class RunExecution:
                 "BACKUP_SCRIPT_LOG": str(settings.BACKUP_SCRIPT_LOG),
                 "BACKUP_COMPONENTS": ",".join(config_document.enabled_components(document)),
                 "BACKUP_COMPRESSION": "1" if document["compression"] else "0",
-                "BACKUP_COMPRESSION_LEVEL": str(settings.BACKUP_COMPRESSION_LEVEL),
+                "BACKUP_COMPRESSION_LEVEL": str(document["compressionLevel"]),
             },
         )
         self.publish(force=True)
         script_dir = Path(settings.BACKUP_SCRIPT).parent
-        result = runner.run_script(
-            settings.BACKUP_SCRIPT,
-            env=env,
-            cwd=script_dir if script_dir.is_dir() else None,  # a missing dir: say the script is missing
-            timeout=settings.BACKUP_RUN_TIMEOUT,
-            on_start=self.on_start,
-            on_lines=self.on_lines,
-            on_tick=self.on_tick,
-            should_stop=self.should_stop,
-            tick_seconds=0.25,
-            kill_grace_seconds=settings.BACKUP_KILL_GRACE_SECONDS,
-            output=self.output,
-        )
+        try:
+            handle = runner.spawn(
+                [settings.BACKUP_SCRIPT],
+                env=env,
+                cwd=script_dir if script_dir.is_dir() else None,  # a missing dir: say the script is missing
+                state_dir=settings.BACKUP_STATE_DIR,
+                run_id=str(self.run.id),
+                kill_grace_seconds=settings.BACKUP_KILL_GRACE_SECONDS,
+            )
+        except runner.SpawnFailed as failure:
+            result = runner.RunResult(
+                runner.EndReason.SPAWN_FAILED, None, failure.message, None, self.output, 0.0
+            )
+            return self.end(result)
+        result = runner.follow(handle, on_start=self.on_start, **self.follow_options())
+        return self.end(result)
+
+    def resume(self) -> Run:
+        """Follow again a run a previous worker started: to its end if the script still runs, or at once
+        if it ended while nobody watched (its whole output and exit status are in the state folder)."""
+        started = self.run.started_at.timestamp() if self.run.started_at else 0.0
+        # Folders older than the run cannot be its own: what `discover_folder` compares against.
+        self.folders_before = {
+            folder.name for folder in scan.list_folders(self.root) if folder.mtime_ns < started * 1e9
+        }
+        self.floor_percent = self.run.progress_percent
+        result = runner.attach(settings.BACKUP_STATE_DIR, str(self.run.id), **self.follow_options())
+        if isinstance(result, runner.Gone):
+            raise RunLost(result)
+        logger.info("following a run again after a restart", extra={"run_id": str(self.run.id)})
+        return self.end(result)
+
+    def follow_options(self) -> dict[str, Any]:
+        return {
+            "timeout": settings.BACKUP_RUN_TIMEOUT,
+            "on_lines": self.on_lines,
+            "on_tick": self.on_tick,
+            "should_stop": self.should_stop,
+            "tick_seconds": 0.25,
+            "kill_grace_seconds": settings.BACKUP_KILL_GRACE_SECONDS,
+            "output": self.output,
+        }
+
+    def end(self, result: runner.RunResult) -> Run:
+        """Record how the run ended, unless this worker only stopped following it."""
+        if result.reason == runner.EndReason.DETACHED:
+            self.publish(force=True)
+            logger.info("stopped following a running backup; it goes on", extra={"run_id": str(self.run.id)})
+            events.broadcast(
+                events.SYSTEM_NOTIFICATION,
+                {
+                    "level": "warning",
+                    "message": "The backup service stopped; the running backup goes on and is followed "
+                    "again when the service starts.",
+                },
+            )
+            return self.run
         self.discover_folder()
         if result.reason == runner.EndReason.SPAWN_FAILED:
             logger.error("backup script could not be started: %s", result.error)
@@ -96,15 +156,17 @@ class RunExecution:
                 disk_full=self.disk_full,
                 lease_lost=self.lease_lost,
                 timeout_seconds=settings.BACKUP_RUN_TIMEOUT,
-                shutdown_grace_seconds=settings.SHUTDOWN_GRACE_SECONDS,
-                script_dir=str(script_dir),
+                script_dir=str(Path(settings.BACKUP_SCRIPT).parent),
             ),
             output=self.output_text(),
             output_lines=self.output.total_lines,
         )
         final = self.tracker.finish(end.status == RunStatus.SUCCEEDED)
         stage = final.stage if end.status in (RunStatus.SUCCEEDED, RunStatus.FAILED) else end.status
-        return self.worker.finish(self.run, end, final.percent, stage, final.message)
+        run = self.worker.finish(self.run, end, max(final.percent, self.floor_percent), stage, final.message)
+        if run.status != RunStatus.RUNNING:  # recorded: the supervisor's files are not needed any more
+            runner.cleanup(settings.BACKUP_STATE_DIR, str(run.id))
+        return run
 
     def output_text(self) -> str:
         pairs = self.output.lines()
@@ -171,7 +233,8 @@ class RunExecution:
             return runner.EndReason.SHUTDOWN
         deadline = self.worker.shutdown_deadline
         if deadline is not None and time.monotonic() >= deadline:
-            return runner.EndReason.SHUTDOWN
+            # The service stops, the backup does not: its supervisor keeps writing, the next worker follows.
+            return runner.EndReason.DETACHED
         now = time.monotonic()
         if now - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
             self.last_cancel_check = now
@@ -200,6 +263,8 @@ class RunExecution:
     def publish(self, force: bool = False) -> None:
         """Progress to the clients (coalesced in `events`) and, less often, to the database."""
         state = self.tracker.current
+        # After a restart the output is read again from its start: never show less than was shown.
+        state = replace(state, percent=max(state.percent, self.floor_percent))
         key = (state.percent, state.stage, state.message)
         now = time.monotonic()
         changed = key != self.published

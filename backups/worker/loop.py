@@ -21,13 +21,14 @@ from django.db import close_old_connections
 from backups import runner
 from backups.catalogue import removal, sync
 from backups.retention.step import apply_after_run
-from backups.runs.models import Run, RunStatus
+from backups.runs.models import Run, RunKind, RunStatus
 from backups.runs.outcome import RunEnd
 from backups.runs.selectors import next_queued_run
 from backups.runs.services import run_claim, run_finish
-from backups.verification.step import verify_new_backups
+from backups.verification.step import start_due_verification, verify_new_backups
 from backups.worker import schedule
-from backups.worker.execution import RunExecution
+from backups.worker.execution import RunExecution, RunLost
+from backups.worker.jobs import JobExecution
 from backups.worker.lease import Lease, holder_name
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Worker:
         self.last_sync = 0.0
         self.last_schedule_check = 0.0
         self.current_run: Run | None = None
+        self.started = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -103,23 +105,69 @@ class Worker:
 
     # --- steps that need the worker's own state ---------------------------------------------------
 
+    def orphans(self) -> list[Run]:
+        """Runs left `running` by a worker that is gone (only the lease holder runs anything)."""
+        return list(
+            Run.objects.filter(status=RunStatus.RUNNING).exclude(worker=self.id).order_by("started_at")
+        )
+
     def recover_orphans(self) -> int:
-        """Runs left `running` by a process that is gone: end whatever is left of their script's process
-        group (only if it is still ours: pids are reused) and mark them interrupted."""
+        """Orphaned runs whose script neither runs nor recorded how it ended are interrupted: whatever is
+        left of their process group is ended (only if it is still ours: pids are reused). The others are
+        followed again by `resume_orphans`."""
         count = 0
-        for run in Run.objects.filter(status=RunStatus.RUNNING).exclude(worker=self.id):
-            killed = False
-            if run.pgid and any(
-                runner.process_has_run_id(pid, str(run.id)) for pid in runner.find_group_members(run.pgid)
-            ):
-                killed = runner.kill_group(run.pgid, settings.BACKUP_KILL_GRACE_SECONDS)
-            error = "The service stopped while this backup was running" + (
-                "; its leftover processes were ended." if killed else "."
-            )
-            end = RunEnd(RunStatus.INTERRUPTED, None, error, run.output, run.output_lines)
-            self.finish(run, end, run.progress_percent, "interrupted", run.progress_message)
+        for run in self.orphans():
+            state = runner.inspect(settings.BACKUP_STATE_DIR, str(run.id))
+            if not isinstance(state, runner.Gone):
+                continue
+            self.interrupt(run, state)
             count += 1
         return count
+
+    def interrupt(self, run: Run, gone: runner.Gone) -> Run:
+        leftovers = list(gone.leftover_pids)
+        pgid = gone.pgid or run.pgid
+        if not leftovers and run.pgid:  # a run started before its supervisor kept a state folder
+            leftovers = [
+                pid
+                for pid in runner.find_group_members(run.pgid)
+                if runner.process_has_run_id(pid, str(run.id))
+            ]
+        killed = bool(leftovers and pgid) and runner.kill_group(pgid, settings.BACKUP_KILL_GRACE_SECONDS)
+        error = "The service stopped while this backup was running and its script did not survive" + (
+            "; its leftover processes were ended." if killed else "."
+        )
+        end = RunEnd(RunStatus.INTERRUPTED, None, error, run.output, run.output_lines)
+        run = self.finish(run, end, run.progress_percent, "interrupted", run.progress_message)
+        runner.cleanup(settings.BACKUP_STATE_DIR, str(run.id))
+        return run
+
+    def resume_orphans(self) -> bool:
+        """Follow again, one at a time, the runs a previous worker left behind: to their end when their
+        script still runs, or at once when it ended while nobody watched (the normal end of a run)."""
+        for run in self.orphans():
+            if self.stopping.is_set():
+                return False
+            if not Run.objects.filter(id=run.id, status=RunStatus.RUNNING, worker=run.worker).update(
+                worker=self.id
+            ):
+                continue
+            run.refresh_from_db()
+            self.current_run = run
+            try:
+                execution(self, run).resume()
+            except RunLost as lost:
+                self.interrupt(run, lost.gone)
+            except Exception:
+                logger.exception(
+                    "following a run again failed inside the service", extra={"run_id": str(run.id)}
+                )
+                run.refresh_from_db()
+                self.fail_after_service_error(run)
+            finally:
+                self.current_run = None
+            return True
+        return False
 
     def end_own_stuck_runs(self) -> bool:
         """Between runs, no run of this worker can be running: one that is was left so by a failure
@@ -176,6 +224,13 @@ class Worker:
             found = duty() or found
         return found
 
+    def automatic_jobs(self) -> bool:
+        """Start the verification (later: off-site copy) the backups are owed, as automatic jobs. Not in
+        the first AUTOMATIC_JOBS_DELAY_SECONDS after start-up: a restart is a time to look, not to load."""
+        if self.stopping.is_set() or time.monotonic() - self.started < settings.AUTOMATIC_JOBS_DELAY_SECONDS:
+            return False
+        return any(start() for start in AUTOMATIC_JOBS)
+
     def do_duties(self) -> bool:
         """Every duty finished runs left, until none is owed (what the loop's next passes would do)."""
         found = False
@@ -190,7 +245,7 @@ class Worker:
         itself ends the run as failed (its script's group ended) rather than leave it `running`."""
         self.current_run = run
         try:
-            return RunExecution(self, run).execute()
+            return execution(self, run).execute()
         except Exception:
             logger.exception("run failed inside the service", extra={"run_id": str(run.id)})
             run.refresh_from_db()
@@ -202,15 +257,24 @@ class Worker:
         return run_finish(run=run, end=end, percent=percent, stage=stage, message=message)
 
 
+def execution(worker: Worker, run: Run) -> RunExecution | JobExecution:
+    return RunExecution(worker, run) if run.kind == RunKind.BACKUP else JobExecution(worker, run)
+
+
 # The duties a run's end leaves (`backups.runs.duties`), each done by its capability's step.
 DUTIES: tuple[Callable[[], bool], ...] = (verify_new_backups, apply_after_run)
+
+# Capabilities that start automatic jobs when the lane is free (a backup request cancels them).
+AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification,)
 
 # One pass of the loop. Duties come before the next queued run, as they did when they ran inline
 # after each run: a new backup never starts before the previous one was checked.
 STEPS: tuple[Callable[[Worker], bool], ...] = (
+    Worker.resume_orphans,
     Worker.end_own_stuck_runs,
     Worker.owed_duties,
     Worker.run_next_queued,
+    Worker.automatic_jobs,
     Worker.schedule_tick,
     Worker.periodic_sync,
 )

@@ -23,6 +23,7 @@ CONTRACT: dict[str, set[str]] = {
     "/api/backup/runs": {"get"},
     "/api/backup/runs/<run id>": {"get"},
     "/api/backup/runs/<run id>/cancel": {"post"},
+    "/api/backup/<id>/verify": {"post"},
     "/api/schema/": {"get"},
     "/api/docs/": {"get"},
 }

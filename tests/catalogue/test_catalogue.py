@@ -33,7 +33,6 @@ from backups.catalogue.removal import delete_backup, purge_leftovers
 from backups.catalogue.scan import FolderStat, list_folders, scan_backup
 from backups.catalogue.sidecar import read_metadata, write_metadata
 from backups.catalogue.tarstream import iter_tar_chunks, plan_tar
-from backups.verification import quick
 
 OLD = "backup-20240101_120000"
 NEW = "backup-20240102_120000"
@@ -908,43 +907,3 @@ def test_created_at_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         time.tzset()
-
-
-def _manifest(folder: Path, files: dict[str, bytes]) -> None:
-    import hashlib
-
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    lines = [f"{hashlib.sha256(data).hexdigest()}  {rel}" for rel, data in sorted(files.items())]
-    (folder / quick.MANIFEST_NAME).write_text("\n".join(lines) + "\n")
-
-
-def test_verify_manifest_checks_every_listed_file(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    folder = root / "backup-20260101_030000"
-    folder.mkdir(parents=True)
-    assert quick.verify_manifest(root, folder.name) is None  # nothing to verify against
-    _manifest(folder, {"db.sql": b"dump", "configs/app.env": b"A=1\n"})
-    assert quick.verify_manifest(root, folder.name) is True
-    (folder / "configs" / "app.env").write_bytes(b"A=2\n")
-    assert quick.verify_manifest(root, folder.name) is False
-    (folder / "configs" / "app.env").unlink()
-    assert quick.verify_manifest(root, folder.name) is False
-
-
-def test_verify_manifest_never_reads_outside_the_root(tmp_path: Path) -> None:
-    import hashlib
-
-    root = tmp_path / "root"
-    folder = root / "backup-20260101_030000"
-    folder.mkdir(parents=True)
-    secret = tmp_path / "secret.txt"
-    secret.write_bytes(b"outside")
-    digest = hashlib.sha256(b"outside").hexdigest()
-    (folder / "link").symlink_to(secret)
-    for listed in ("../../secret.txt", str(secret), "link"):
-        (folder / quick.MANIFEST_NAME).write_text(f"{digest}  {listed}\n")
-        assert quick.verify_manifest(root, folder.name) is False
-    (folder / quick.MANIFEST_NAME).write_text("not a manifest\n")
-    assert quick.verify_manifest(root, folder.name) is False

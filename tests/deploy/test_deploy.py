@@ -477,7 +477,7 @@ def test_units_restart_limit_memory_and_outlast_the_shutdown_grace(unit: Path) -
     assert service["Restart"] == "on-failure"
     assert service["MemoryMax"] == "1G"
     assert seconds(service["TimeoutStopSec"]) > grace == 40
-    assert service["KillMode"] == "mixed"
+    assert service["KillMode"] == "process"  # a restart leaves a running backup's supervisor alone
     assert service["User"] == service["Group"] == "backup"
     assert service["EnvironmentFile"] == "/etc/backup-service/env"
     assert service["WorkingDirectory"] == "/opt/backup-service"

@@ -153,7 +153,8 @@ def test_back_up_from_the_dashboard_then_delete_from_the_admin(
     assert seen == sorted(seen), f"progress went down: {seen}"
     assert screenshot_taken
     assert len([p for p in seen if 0 < p < 100]) >= 3, f"too few progress steps seen: {seen}"
-    assert browser.find_element(By.ID, "cancel-run").get_attribute("hidden") is not None
+    # 100 % arrives with the last progress event; the run's end (which hides Cancel) right after it.
+    wait.until(lambda driver: driver.find_element(By.ID, "cancel-run").get_attribute("hidden") is not None)
 
     backup_id = wait.until(lambda driver: new_completed_backup(driver, known))
     assert browser.execute_script("return window.__sameDocument === true;")

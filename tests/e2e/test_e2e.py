@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import io
@@ -163,52 +164,114 @@ def test_a_backup_run_is_watched_live_over_websocket(start_server, tmp_path, sty
     assert listing["results"][0]["is_latest"] is (style == "reference")
 
 
-def test_sigkill_during_a_run_then_restart_interrupts_it_and_accepts_a_new_one(start_server, tmp_path):
+def gated_script(tmp: Path) -> tuple[Path, Path]:
+    """A backup that waits, after its first step, until the test opens its gate (a file appears)."""
+    gate = tmp / "gate"
+    path = tmp / "gated-backup.sh"
+    path.write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        'd="$BACKUP_ROOT/backup-20990101_000000"; mkdir -p "$d"; echo "Backup directory: $d"\n'
+        'echo "[1/3] dumping"; echo data > "$d/db.sql"\n'
+        'echo "[2/3] archiving"; echo data > "$d/files.tar.gz"\n'
+        f'while [ ! -e "{gate}" ]; do sleep 0.1; done\n'
+        'echo "[3/3] done"; ln -sfn backup-20990101_000000 "$BACKUP_ROOT/latest"\n'
+    )
+    path.chmod(0o755)
+    return path, gate
+
+
+def wait_run(server, token: str, run_id: str, until, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        status, _, body = call(server, "GET", f"/api/backup/runs/{run_id}", token)
+        if status == 200:
+            run = json.loads(body)
+            if until(run):
+                return run
+        time.sleep(0.1)
+    raise AssertionError(f"the run never got there: {run}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_restart_of_the_service_mid_run_follows_the_same_script_to_its_success(start_server, tmp_path, sig):
+    script, gate = gated_script(tmp_path)
+    server = start_server(BACKUP_SCRIPT=str(script), SHUTDOWN_GRACE_SECONDS="1")
+    token = token_for(server)
+    run_id = json.loads(call(server, "POST", "/api/backup/create", token, {})[2])["run"]["id"]
+    before = wait_run(server, token, run_id, lambda run: run["progress"]["percent"] >= 33)
+    groups = {os.getpgid(pid) for pid in _pids_with_run_id(run_id)}
+    os.killpg(server.process.pid, sig) if sig == signal.SIGKILL else os.kill(server.process.pid, sig)
+    assert server.process.wait(30) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    survivors = _pids_with_run_id(run_id)
+    assert survivors, "the script must outlive the service"
+    groups |= {os.getpgid(pid) for pid in survivors}
+
+    restarted = start_server(env=server.env, migrate=False)
+
+    async def scenario() -> list[dict]:
+        ws = await subscribe(restarted.ws, token)
+        wait_run(restarted, token, run_id, lambda run: run["status"] == "running")
+        gate.touch()
+        frames = await events_until_end(ws, run_id)
+        await ws.close()
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert frames[-1]["event"] == "backup-completed", frames[-1]
+    percents = check_progress(frames)
+    assert percents[0] >= before["progress"]["percent"] and percents[-1] == 100  # never backwards
+    run = json.loads(call(restarted, "GET", f"/api/backup/runs/{run_id}", token)[2])
+    assert run["status"] == "succeeded" and run["exit_code"] == 0, run
+    assert len(groups) == 1, f"more than one process group ran this backup: {groups}"
+    listing = json.loads(call(restarted, "GET", "/api/backup/list", token)[2])["results"]
+    assert [(row["id"], row["status"], row["is_latest"]) for row in listing] == [
+        ("backup-20990101_000000", "completed", True)
+    ]
+
+
+def test_a_script_that_ended_while_the_service_was_down_gets_its_real_outcome(start_server, tmp_path):
+    script, gate = gated_script(tmp_path)
+    server = start_server(BACKUP_SCRIPT=str(script))
+    token = token_for(server)
+    run_id = json.loads(call(server, "POST", "/api/backup/create", token, {})[2])["run"]["id"]
+    wait_run(server, token, run_id, lambda run: run["progress"]["percent"] >= 33)
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(10)
+    gate.touch()
+    deadline = time.monotonic() + 20
+    while _pids_with_run_id(run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pids_with_run_id(run_id), "the script should have finished by itself"
+    restarted = start_server(env=server.env, migrate=False)
+    run = wait_run(restarted, token, run_id, lambda run: run["status"] != "running")
+    assert run["status"] == "succeeded" and run["progress"]["percent"] == 100, run
+    backup = json.loads(call(restarted, "GET", "/api/backup/backup-20990101_000000", token)[2])
+    assert backup["status"] == "completed" and backup["is_latest"] is True
+
+
+def test_a_run_whose_script_died_with_the_service_is_interrupted_and_a_new_one_accepted(
+    start_server, tmp_path
+):
     server = start_server(BACKUP_SCRIPT=str(long_script(tmp_path)))
     token = token_for(server)
     run_id = json.loads(call(server, "POST", "/api/backup/create", token, {})[2])["run"]["id"]
     deadline = time.monotonic() + 20
-    pgid = None
-    while time.monotonic() < deadline and pgid is None:
+    pids: list[int] = []
+    while time.monotonic() < deadline and not pids:
         time.sleep(0.2)
-        pgid = next((pid for pid in _pids_with_run_id(run_id)), None)
-    assert pgid, "the script never started"
+        pids = _pids_with_run_id(run_id)
+    assert pids, "the script never started"
     os.killpg(server.process.pid, signal.SIGKILL)
+    for pid in pids:  # the supervisor and the script too: nothing left to follow
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     server.process.wait(10)
-    assert _pids_with_run_id(run_id), "the script's group outlives a SIGKILLed server"
     restarted = start_server(env=server.env, migrate=False)
-    deadline = time.monotonic() + 20
-    run = {}
-    while time.monotonic() < deadline:
-        run = json.loads(call(restarted, "GET", f"/api/backup/runs/{run_id}", token)[2])
-        if run["status"] != "running":
-            break
-        time.sleep(0.2)
+    run = wait_run(restarted, token, run_id, lambda run: run["status"] != "running", timeout=20)
     assert run["status"] == "interrupted", run
     assert not _pids_with_run_id(run_id)
     assert call(restarted, "POST", "/api/backup/create", token, {})[0] == 202
-
-
-def test_sigterm_gives_the_run_its_grace_then_interrupts_it_and_tells_the_clients(start_server, tmp_path):
-    server = start_server(BACKUP_SCRIPT=str(long_script(tmp_path)), SHUTDOWN_GRACE_SECONDS="1")
-    token = token_for(server)
-
-    async def scenario() -> list[dict]:
-        ws = await subscribe(server.ws, token)
-        run_id = json.loads(call(server, "POST", "/api/backup/create", token, {})[2])["run"]["id"]
-        deadline = time.monotonic() + 20
-        while not _pids_with_run_id(run_id) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        os.kill(server.process.pid, signal.SIGTERM)
-        frames = await events_until_end(ws, run_id, timeout=30)
-        return frames
-
-    frames = asyncio.run(scenario())
-    assert frames[-1]["event"] == "backup-error" and "shut down" in frames[-1]["data"]["error"]
-    assert any(
-        f["event"] == "system-notification" and "shutting down" in f["data"]["message"] for f in frames
-    )
-    assert server.process.wait(30) == 0
 
 
 def test_two_servers_share_events_through_redis(start_server, tmp_path):

@@ -31,9 +31,27 @@ def db_url(name: str) -> str:
 
 def psql(sql: str, database: str = "postgres") -> str:
     done = subprocess.run(
-        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres",
-         "-d", database, "-c", sql],
-        capture_output=True, text=True, timeout=120,
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            PG_HOST,
+            "-p",
+            PG_PORT,
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if done.returncode != 0:
         raise RuntimeError(f"psql failed: {done.stderr}")
@@ -162,7 +180,8 @@ def rewrite_manifest(folder: Path) -> None:
     """MANIFEST.sha256 rewritten by sha256sum the way the script writes it, so only a deep check can
     tell a damaged file (the manifest then vouches for the damage)."""
     files = sorted(
-        str(path.relative_to(folder)) for path in folder.rglob("*")
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
         if path.is_file() and path.name != "MANIFEST.sha256"
     )
     done = subprocess.run(["sha256sum", "--", *files], cwd=folder, capture_output=True, check=True)

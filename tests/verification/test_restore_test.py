@@ -41,8 +41,19 @@ def big_dump(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("big")
     try:
         subprocess.run(
-            ["pg_dump", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "--no-owner",
-             "-f", str(folder / "big.sql"), name],
+            [
+                "pg_dump",
+                "-h",
+                PG_HOST,
+                "-p",
+                PG_PORT,
+                "-U",
+                "postgres",
+                "--no-owner",
+                "-f",
+                str(folder / "big.sql"),
+                name,
+            ],
             check=True,
         )
     finally:
@@ -56,8 +67,12 @@ def test_restore_test_of_the_script_dump_counts_what_the_source_holds(
     path = f"{source_db}.sql"
     seen: list[int] = []
     result = restore_test_dump(
-        SERVER_URL, path, Opener(script_backup), size_bytes=(script_backup / path).stat().st_size,
-        prefix=scratch_prefix, on_progress=lambda percent, _message: seen.append(percent),
+        SERVER_URL,
+        path,
+        Opener(script_backup),
+        size_bytes=(script_backup / path).stat().st_size,
+        prefix=scratch_prefix,
+        on_progress=lambda percent, _message: seen.append(percent),
     )
     assert result.ok, result.error
     source_counts = {
@@ -165,7 +180,9 @@ def test_sigkill_mid_restore_leaves_only_a_rolled_back_scratch_database_that_dro
 ) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(big_dump), scratch_prefix, SERVER_URL],
-        cwd=PROJECT, start_new_session=True, stderr=subprocess.PIPE,
+        cwd=PROJECT,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30
@@ -216,7 +233,10 @@ def test_drop_leftovers_spares_kept_names_and_other_prefixes(scratch_prefix: str
 def test_passwords_never_appear_in_errors() -> None:
     url = "postgresql://restorer:Pa55-w0rd@127.0.0.1:1/postgres"
     assert mask_url(url) == "postgresql://restorer:****@127.0.0.1:1/postgres"
-    assert mask_url("postgres://h/db?password=Pa55-w0rd&sslmode=off") == "postgres://h/db?password=****&sslmode=off"
+    assert (
+        mask_url("postgres://h/db?password=Pa55-w0rd&sslmode=off")
+        == "postgres://h/db?password=****&sslmode=off"
+    )
     with pytest.raises(PgError) as raised:
         drop_leftovers(url, "bsvc_x_")
     assert "Pa55-w0rd" not in str(raised.value)

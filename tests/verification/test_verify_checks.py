@@ -60,8 +60,13 @@ def test_reference_backup_passes_quick_and_deep_with_restore_test(
     document = deep.to_document(datetime(2026, 1, 2, tzinfo=UTC))
     assert document["status"] == "ok" and document["level"] == "deep" and document["problems"] == []
     assert document["databases"] == [
-        {"dump": f"{source_db}.sql", "ok": True, "tables": 4, "rows": 482,
-         "seconds": database.to_document()["seconds"]}
+        {
+            "dump": f"{source_db}.sql",
+            "ok": True,
+            "tables": 4,
+            "rows": 482,
+            "seconds": database.to_document()["seconds"],
+        }
     ]
 
 
@@ -241,8 +246,19 @@ def test_custom_format_dump_is_listed_read_and_restore_tested(
 ) -> None:
     folder = copy_backup(script_backup, tmp_path)
     subprocess.run(
-        ["pg_dump", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "-Fc",
-         "-f", str(folder / "copy.dump"), source_db],
+        [
+            "pg_dump",
+            "-h",
+            PG_HOST,
+            "-p",
+            PG_PORT,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            str(folder / "copy.dump"),
+            source_db,
+        ],
         check=True,
     )
     data = (folder / "copy.dump").read_bytes()
@@ -286,8 +302,9 @@ def test_cancel_during_restore_test_raises_and_leaves_no_scratch_database(
         return calls >= 8
 
     with pytest.raises(Cancelled):
-        _verify(folder, level="deep", restore_test_url=SERVER_URL, scratch_prefix=scratch_prefix,
-                should_stop=stop)
+        _verify(
+            folder, level="deep", restore_test_url=SERVER_URL, scratch_prefix=scratch_prefix, should_stop=stop
+        )
     assert len(at_cancel) == 1, "the cancel should have come in the middle of the restore-test"
     assert databases_like(scratch_prefix) == []
 

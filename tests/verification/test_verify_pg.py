@@ -40,5 +40,8 @@ def test_pg_keeps_the_password_out_of_conninfo_and_display() -> None:
     assert pg.env()["PGPASSWORD"] == "s3cret"
     other = pg.database("scratch_1")
     assert other.dbname == "scratch_1" and other.display.endswith("/scratch_1?sslmode=require")
-    assert pg.scrub("failed for s3cret at postgresql://app:s3cret@h/x") == "failed for **** at postgresql://app:****@h/x"
+    assert (
+        pg.scrub("failed for s3cret at postgresql://app:s3cret@h/x")
+        == "failed for **** at postgresql://app:****@h/x"
+    )
     assert mask_url("postgres://u@h/db") == "postgres://u@h/db"

@@ -83,7 +83,7 @@ def test_archive_without_end_marker_is_an_error(tmp_path: Path) -> None:
 def test_archive_cut_inside_a_header_is_an_error(tmp_path: Path) -> None:
     data = _archive(tmp_path)
     with pytest.raises(TarError, match="truncated in the header"):
-        _walk(data[:512 + 100])
+        _walk(data[: 512 + 100])
 
 
 def test_corrupt_header_checksum_is_an_error(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ def script(tmp_path: Path, body: str, name: str = "backup.sh") -> Path:
 @pytest.fixture
 def worker(backup_root, settings, tmp_path) -> Worker:
     settings.BACKUP_KILL_GRACE_SECONDS = 1
+    settings.AUTOMATIC_JOBS_DELAY_SECONDS = 0
+    settings.ALLOW_DEMO_DUMPS = True  # the reference script's demo dumps: no PostgreSQL database here
     make_sources(tmp_path)
     for name, folder in (
         ("BACKUP_APP_DIR", "app"),
@@ -64,10 +66,13 @@ def worker(backup_root, settings, tmp_path) -> Worker:
 
 
 def run_once(worker: Worker, **kwargs) -> Run:
-    """One run, then the duties it left (checking the backup, retention), as the loop's next pass does."""
+    """One run, the duties it left (retention, owing the backup its verification), and the automatic
+    verification of the new backup, as the loop's next passes do."""
     run = run_enqueue(actor=Actor("tester"), **kwargs)
     assert worker.run_next_queued()
     worker.do_duties()
+    if worker.automatic_jobs():
+        assert worker.run_next_queued()
     run.refresh_from_db()
     return run
 
@@ -198,15 +203,24 @@ def test_timeout_kills_the_group_and_fails_the_run(worker, tmp_path, settings):
     assert run.status == RunStatus.FAILED and "Timed out after 1 s" in run.error
 
 
-def test_shutdown_interrupts_a_long_run_after_the_grace(worker, tmp_path, settings):
+def test_shutdown_leaves_a_long_run_running_and_the_next_worker_follows_it(worker, tmp_path, settings):
     settings.BACKUP_SCRIPT = script(tmp_path, "echo '[1/2] long'; sleep 300\n")
     run, thread, pgid = start_in_background(worker)
     worker.request_shutdown(0.5)
     thread.join(30)
     run.refresh_from_db()
-    assert run.status == RunStatus.INTERRUPTED and "shut down" in run.error
-    assert runner.find_group_members(pgid) == []
+    assert run.status == RunStatus.RUNNING and runner.group_alive(pgid)  # the backup goes on
     assert not worker.run_next_queued()  # stopping: takes no new run
+    worker.release_lease()
+
+    successor = Worker(label="next")
+    assert successor.hold_lease()
+    run_request_cancel(run=run, actor=Actor("tester"))
+    assert successor.resume_orphans()  # follows the same group, sees the cancel, ends it
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.worker == successor.id
+    assert runner.find_group_members(pgid) == []
+    successor.release_lease()
 
 
 def test_orphaned_run_of_a_dead_process_is_interrupted_and_its_group_ended(backup_root):
@@ -422,6 +436,11 @@ def test_a_new_backup_is_verified_against_its_manifest_until_it_changes(worker, 
     from backups.models import AuditEvent
 
     assert AuditEvent.objects.filter(action="backup.verify", target=run.backup_id, outcome="ok").exists()
+    assert backup.verification_status == "ok" and backup.verification_level == "deep"
+    assert (
+        Run.objects.filter(kind="verify", backup_id=run.backup_id, automatic=True, status="succeeded").count()
+        == 1
+    )
     (backup_root / run.backup_id / "added-later.txt").write_text("not in the manifest\n")
     sync.sync()
     assert Backup.objects.get(id=run.backup_id).verified is False

@@ -7,7 +7,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from backups.catalogue.models import Backup
+from backups.api.serializers.common import StrictSerializer
+from backups.catalogue.models import Backup, VerificationStatus
 
 
 class BackupFileSerializer(serializers.Serializer):
@@ -15,8 +16,27 @@ class BackupFileSerializer(serializers.Serializer):
     size_bytes = serializers.IntegerField()
 
 
+class RestoreTestSerializer(serializers.Serializer):
+    dump = serializers.CharField()
+    ok = serializers.BooleanField()
+    tables = serializers.IntegerField()
+    rows = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    error = serializers.CharField(required=False)
+
+
+class VerificationSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=VerificationStatus.values)
+    level = serializers.CharField(allow_null=True)
+    at = serializers.DateTimeField(allow_null=True)
+    problems = serializers.ListField(child=serializers.CharField())
+    databases = RestoreTestSerializer(many=True)
+    due = serializers.CharField(allow_null=True, help_text="the level of a verification owed, if any")
+
+
 class BackupSerializer(serializers.ModelSerializer):
     files = serializers.SerializerMethodField()
+    verification = serializers.SerializerMethodField()
 
     class Meta:
         model = Backup
@@ -30,6 +50,7 @@ class BackupSerializer(serializers.ModelSerializer):
             "description",
             "pinned",
             "verified",
+            "verification",
             "triggered_by",
             "file_count",
             "run_id",
@@ -40,6 +61,19 @@ class BackupSerializer(serializers.ModelSerializer):
     @extend_schema_field(BackupFileSerializer(many=True))
     def get_files(self, backup: Backup) -> list[dict[str, Any]]:
         return backup.files
+
+    @extend_schema_field(VerificationSerializer)
+    def get_verification(self, backup: Backup) -> dict[str, Any]:
+        """`verified` stays the boolean of the original API: true only when the last one passed."""
+        details = backup.verification or {}
+        return {
+            "status": backup.verification_status,
+            "level": backup.verification_level or None,
+            "at": backup.verified_at.isoformat() if backup.verified_at else None,
+            "problems": list(details.get("problems", [])),
+            "databases": list(details.get("databases", [])),
+            "due": backup.verification_due or None,
+        }
 
     def to_representation(self, instance: Backup) -> dict[str, Any]:
         data = super().to_representation(instance)
@@ -60,3 +94,7 @@ class BackupListSerializer(BackupSerializer):
 class DownloadLinkSerializer(serializers.Serializer):
     url = serializers.CharField()
     expires_in = serializers.IntegerField()
+
+
+class VerifyRequestSerializer(StrictSerializer):
+    level = serializers.ChoiceField(choices=["quick", "deep"], default="deep", required=False)

@@ -41,7 +41,7 @@ class NotificationsSerializer(serializers.Serializer):
     onSuccess = serializers.BooleanField(**OPTIONAL)  # noqa: N815
 
 
-class VerificationSerializer(serializers.Serializer):
+class VerificationConfigSerializer(serializers.Serializer):
     deep = serializers.BooleanField()
 
 
@@ -75,6 +75,6 @@ class ConfigDocumentSerializer(serializers.Serializer):
     encryptionRecipients = serializers.ListField(child=serializers.CharField(), max_length=20, **OPTIONAL)  # noqa: N815
     encryptLocal = serializers.BooleanField(**OPTIONAL)  # noqa: N815
     notifications = NotificationsSerializer()
-    verification = VerificationSerializer(**OPTIONAL)
+    verification = VerificationConfigSerializer(**OPTIONAL)
     offsite = OffsiteSerializer(**OPTIONAL)
     components = ComponentsSerializer()

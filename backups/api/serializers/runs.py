@@ -7,6 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from backups.api.serializers.common import StrictSerializer
 from backups.runs.description import MAX_LENGTH, description_problem
 from backups.runs.models import Run, RunType
 from backups.runs.selectors import eta_seconds
@@ -29,6 +30,7 @@ class RunSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "status",
+            "kind",
             "type",
             "description",
             "triggered_by",
@@ -42,6 +44,7 @@ class RunSerializer(serializers.ModelSerializer):
             "progress",
             "cancel_requested",
             "output_lines",
+            "automatic",
         ]
         read_only_fields = fields
 
@@ -68,7 +71,7 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class CreateRunSerializer(serializers.Serializer):
+class CreateRunSerializer(StrictSerializer):
     type = serializers.ChoiceField(choices=[RunType.MANUAL], default=RunType.MANUAL, required=False)
     description = StrictCharField(
         max_length=MAX_LENGTH, required=False, allow_blank=True, default="", trim_whitespace=True
@@ -79,12 +82,6 @@ class CreateRunSerializer(serializers.Serializer):
         if problem:
             raise serializers.ValidationError(problem)
         return value
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({key: ["Unknown field."] for key in sorted(unknown)})
-        return attrs
 
 
 class RunEnvelopeSerializer(serializers.Serializer):

@@ -15,13 +15,20 @@ from rest_framework.response import Response
 
 from backups.api.downloads import download_file, download_tar
 from backups.api.pagination import Pagination, choice_param
-from backups.api.serializers.backups import BackupListSerializer, BackupSerializer, DownloadLinkSerializer
+from backups.api.serializers.backups import (
+    BackupListSerializer,
+    BackupSerializer,
+    DownloadLinkSerializer,
+    VerifyRequestSerializer,
+)
+from backups.api.serializers.runs import ConflictSerializer, RunEnvelopeSerializer, RunSerializer
 from backups.audit import Actor
 from backups.auth import PlatformJWTAuthentication, SuperuserSessionAuthentication
 from backups.catalogue import selectors, sync
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.services import backup_delete, backup_set_pinned
 from backups.download_links import SignedLinkAuthentication, signed_download_url
+from backups.verification.services import verification_request
 
 
 class BackupViewSet(viewsets.GenericViewSet):
@@ -88,6 +95,22 @@ class BackupViewSet(viewsets.GenericViewSet):
         if rel_path is not None:
             return download_file(request, backup, rel_path)
         return download_tar(request, backup)
+
+    @extend_schema(
+        request=VerifyRequestSerializer, responses={202: RunEnvelopeSerializer, 409: ConflictSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def verify(self, request: Request, pk: str) -> Response:
+        """Check the backup now: `quick` reads every file against its manifest, `deep` also reads every
+        archive to its end, checks every dump and restores each into a scratch database when
+        RESTORE_TEST_DATABASE_URL is set. A run of kind `verify`, in the one-at-a-time lane."""
+        body = VerifyRequestSerializer(data=request.data if request.data is not None else {})
+        body.is_valid(raise_exception=True)
+        backup = _fresh_backup(pk)
+        run = verification_request(
+            backup_id=backup.id, level=body.validated_data["level"], actor=Actor.from_request(request)
+        )
+        return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
 
     # Outside the contract (so outside the OpenAPI document, whose paths are exactly the contract's):
     # what the admin's and the dashboard's buttons call.

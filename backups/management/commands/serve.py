@@ -1,7 +1,8 @@
 """`manage.py serve`: uvicorn (streams with back-pressure) plus, by default, the worker in a thread.
 
-SIGTERM/SIGINT: stop taking runs, give a running backup SHUTDOWN_GRACE_SECONDS, end its process group
-if it is still going (the run is marked interrupted and the clients told), then close the server.
+SIGTERM/SIGINT: stop taking runs, give a running backup SHUTDOWN_GRACE_SECONDS to end by itself, then stop
+following it (its supervisor keeps it running and recorded; the next start follows it again), then close
+the server.
 """
 
 from __future__ import annotations
@@ -88,12 +89,12 @@ class Command(BaseCommand):
                         events.SYSTEM_NOTIFICATION,
                         {
                             "level": "warning",
-                            "message": "The backup service is shutting down; waiting up to "
-                            f"{settings.SHUTDOWN_GRACE_SECONDS} s for the running backup.",
+                            "message": "The backup service is shutting down; the running backup goes on "
+                            "and is followed again when the service starts.",
                         },
                     )
                 worker.request_shutdown(settings.SHUTDOWN_GRACE_SECONDS)
-                worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + settings.BACKUP_KILL_GRACE_SECONDS + 15)
+                worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + 15)
             events.drain(3)
             server.should_exit = True
 
