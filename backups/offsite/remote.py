@@ -190,13 +190,13 @@ class _CheckedReader(io.RawIOBase):
 
 class _DecryptingReader:
     """Pull-style plaintext of an age stream: pyrage pushes into a writer, so a thread decrypts into a
-    small bounded queue (≤ 16 × 64 KiB) that `read` drains."""
+    small bounded queue (≤ 4 pieces of ≤ 1 MiB) that `read` drains."""
 
     _END = object()
 
     def __init__(self, body: Any, identities: Identities) -> None:
         self.body = body
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=4)
         self.buffer = bytearray()
         self.closed = False
         self.failure: BaseException | None = None

@@ -24,6 +24,10 @@ the part's MD5), and sends only the others.
   64 KiB), one extra write and read of it; the staging file is removed once its object is complete.
   Files that fit in one part are encrypted in memory and sent in one request: nothing to resume.
 
+Storage class (`storageClass`) applies to objects only; indexes, manifests and the service's documents
+stay in the default class, so listing and rebuilding never wait for an archive tier. Objects in an
+archive class (GLACIER, DEEP_ARCHIVE) must be restored in the store before a download can read them.
+
 Compression: none. Backups are compressed by the script (`compressionLevel`); compressing again costs
 CPU for nothing, and an object that is `age -d` away from the file is simpler to recover.
 """
@@ -503,6 +507,10 @@ class _Session:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def _count_sent(self, count: int) -> None:
+        with self.lock:  # part senders add from the pool's threads
+            self.sent += count
+
     # --- progress and cancel
 
     def check(self) -> None:
@@ -589,7 +597,7 @@ class _Session:
             return
         body = layout.render_index(sorted(wanted))
         self.store.put(self.store.settings.key(layout.index_key(backup_id)), body, content_type="text/plain")
-        self.sent += len(body)
+        self._count_sent(len(body))
         self.indexed = wanted
 
     def _write_manifest(self, manifest: Manifest) -> None:
@@ -599,7 +607,7 @@ class _Session:
         key = self.store.settings.key(layout.manifest_key(manifest.backup_id, encrypted=self.encrypted))
         self.store.put(key, body, content_type="application/octet-stream" if self.encrypted else
                        "application/json")
-        self.sent += len(body)
+        self._count_sent(len(body))
         other = self.store.settings.key(layout.manifest_key(manifest.backup_id, encrypted=not self.encrypted))
         if self.store.head(other) is not None:
             self.store.delete(other)
@@ -645,8 +653,7 @@ class _Session:
 
         def send() -> None:
             self.store.put(full_key, body, metadata=meta, storage_class=storage_class)
-            with self.lock:
-                self.sent += len(body)
+            self._count_sent(len(body))
 
         self._submit(send)
         self.current_plain = size
