@@ -41,6 +41,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,7 +54,7 @@ from typing import Any, BinaryIO
 from pyrage import x25519
 
 from backups.offsite import crypto, layout
-from backups.offsite.errors import Cancelled, IntegrityError, OffsiteError, StoreError
+from backups.offsite.errors import Cancelled, IntegrityError, OffsiteError, RecipientError, StoreError
 from backups.offsite.layout import Manifest, ManifestFile
 from backups.offsite.store import Store, StoreSettings
 
@@ -332,23 +334,28 @@ def _read_exactly(handle: BinaryIO, size: int) -> bytes:
     return b"".join(pieces)
 
 
-class _StagedSource:
-    """An encrypted staging file, read part by part while a thread may still be writing it.
+ENCRYPTOR = Path(__file__).with_name("encryptor.py")
 
-    The thread streams the plaintext through age into `path` (unbuffered: what `written` counts is in
-    the file), checking the plaintext's size and sha256; then fsyncs it and writes the `.complete` mark.
-    `read` blocks until the next part is written or encryption is over."""
+
+class _StagedSource:
+    """An encrypted staging file, read part by part while it may still be being written.
+
+    A thread feeds the plaintext (hashing it) into encryptor.py, a child process whose stdout is the
+    staging file; when the child is done and the plaintext's size and sha256 match, the file is fsynced
+    and the `.complete` mark written. `read` blocks until the next part is in the file or encryption is
+    over. The child stays in the caller's process group, so a kill of the job's group ends it too; if
+    only this process dies, the child reaches end of input and exits, and the missing mark tells the
+    next attempt to start over."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.mark = path.with_name(path.name.removesuffix(".staged") + ".complete")
         self.offset = 0
-        self.written = 0
         self.done = False
         self.failure: BaseException | None = None
         self.stop = threading.Event()
-        self.condition = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.fd: int | None = None
 
     @classmethod
@@ -362,51 +369,76 @@ class _StagedSource:
             return None
         if not isinstance(recorded, dict) or recorded.get("size") != size:
             return None
-        source.written, source.done = size, True
+        source.done = True
         source.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return source
 
-    def start(self, plain: _HashingReader, recipients: Sequence[x25519.Recipient]) -> None:
+    def start(self, plain: _HashingReader, recipients: Sequence[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.mark.unlink()
-        writer = open(self.path, "wb", buffering=0)  # noqa: SIM115  (closed by the thread)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._encrypt, args=(plain, writer, recipients),
-                                       name="offsite-encrypt", daemon=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ENCRYPTOR), *recipients],
+                stdin=subprocess.PIPE, stdout=self.fd, stderr=subprocess.PIPE,
+            )
+        except OSError as error:
+            plain.close()
+            raise OffsiteError(f"cannot start the encryptor process: {error.strerror or error}") from None
+        self.thread = threading.Thread(target=self._feed, args=(plain,), name="offsite-encrypt", daemon=True)
         self.thread.start()
 
-    def _encrypt(self, plain: _HashingReader, writer: BinaryIO,
-                 recipients: Sequence[x25519.Recipient]) -> None:
+    def _feed(self, plain: _HashingReader) -> None:
+        process = self.process
+        assert process is not None and process.stdin is not None and self.fd is not None
         try:
-            with writer:
-                crypto.encrypt_stream(_StopCheckingReader(plain, self.stop), _CountingWriter(writer, self),
-                                      recipients)
-                plain.finish()
-                os.fsync(writer.fileno())
-            _atomic_write(self.mark, json.dumps({"size": self.written, "sha256": plain.sha256}).encode())
+            try:
+                while chunk := plain.read(CHUNK):
+                    if self.stop.is_set():
+                        raise Cancelled("the off-site copy was cancelled")
+                    process.stdin.write(chunk)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # the child ended early: its exit status and stderr say why
+            returncode = process.wait()
+            if returncode != 0:
+                detail = (process.stderr.read(2000) if process.stderr else b"").decode(errors="replace")
+                raise RecipientError(f"age encryption failed (encryptor exit {returncode}): "
+                                     f"{detail.strip().splitlines()[-1] if detail.strip() else 'no message'}")
+            plain.finish()
+            os.fsync(self.fd)
+            size = os.fstat(self.fd).st_size
+            _atomic_write(self.mark, json.dumps({"size": size, "sha256": plain.sha256}).encode())
         except BaseException as error:  # the reading thread re-raises it
             self.failure = error
+            with contextlib.suppress(OSError):
+                process.kill()
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                process.wait(10)
         finally:
             plain.close()
-            with self.condition:
-                self.done = True
-                self.condition.notify_all()
-
-    def advanced(self, count: int) -> None:
-        with self.condition:
-            self.written += count
-            self.condition.notify_all()
+            for stream in (process.stdin, process.stderr):
+                with contextlib.suppress(OSError):
+                    if stream is not None:
+                        stream.close()
+            self.done = True
 
     def read(self, size: int, should_stop: Callable[[], bool]) -> bytes:
-        with self.condition:
-            while not self.done and self.written < self.offset + size:
+        assert self.fd is not None
+        asked = time.monotonic()
+        while True:
+            done = self.done  # read before the size: what was written before `done` is all there is
+            written = os.fstat(self.fd).st_size
+            if done or written >= self.offset + size:
+                break
+            if time.monotonic() - asked > 0.2:
+                asked = time.monotonic()
                 if should_stop():
                     raise Cancelled("the off-site copy was cancelled")
-                self.condition.wait(0.2)
-            if self.failure is not None:
-                raise self.failure
-            available = min(size, self.written - self.offset)
-        assert self.fd is not None
+            time.sleep(0.01)
+        if self.failure is not None:
+            raise self.failure
+        available = max(0, min(size, written - self.offset))
         data = os.pread(self.fd, available, self.offset)
         if len(data) != available:
             raise IntegrityError(f"the staging file {self.path.name} is shorter than what was written")
@@ -429,36 +461,6 @@ class _StagedSource:
         for path in (self.path, self.mark):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-class _StopCheckingReader:
-    def __init__(self, inner: _HashingReader, stop: threading.Event) -> None:
-        self.inner = inner
-        self.stop = stop
-
-    def read(self, size: int = -1) -> bytes:
-        if self.stop.is_set():
-            raise Cancelled("the off-site copy was cancelled")
-        return self.inner.read(size)
-
-
-class _CountingWriter:
-    def __init__(self, inner: BinaryIO, source: _StagedSource) -> None:
-        self.inner = inner
-        self.source = source
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            written = self.inner.write(view)
-            if not written:
-                raise OSError("short write to the staging file")
-            view = view[written:]
-        self.source.advanced(len(data))
-        return len(data)
-
-    def flush(self) -> None:
-        return None
 
 
 # --- the upload session ---------------------------------------------------------------------------------
@@ -694,7 +696,7 @@ class _Session:
             _StagedSource(staging).remove()
             source = _StagedSource(staging)
             reader = _HashingReader(open_file(rel_path), rel_path, size, digest)
-            source.start(reader, self.recipients)
+            source.start(reader, self.recipient_strings)
             reusable = False
         else:
             reusable = True

@@ -12,7 +12,7 @@ from pyrage import x25519
 
 from backups.offsite import crypto
 from backups.offsite.errors import Cancelled, IdentityError, RecipientError
-from backups.offsite.store import StoreSettings, mask_url
+from backups.offsite.store import StoreSettings, mask_url, validate_settings
 from backups.offsite.upload import upload_backup
 
 
@@ -93,3 +93,21 @@ def test_settings_never_show_credentials() -> None:
     masked = settings.mask("key AKIAEXAMPLEKEY secret very-secret-value at https://user:pw-in-url@s3.example.com")
     assert masked == "key **** secret **** at https://user:****@s3.example.com"
     assert mask_url("https://s3.example.com/x") == "https://s3.example.com/x"
+
+
+def test_settings_come_from_the_config_section_and_the_environment() -> None:
+    offsite = {"enabled": True, "endpoint": "https://s3.example.com", "bucket": "my-backups",
+               "prefix": "/host-1/", "region": "eu-central", "storageClass": "STANDARD_IA"}
+    environ = {"OFFSITE_ACCESS_KEY_ID": "AKIAFROMENV", "OFFSITE_SECRET_ACCESS_KEY": "from-env"}
+    settings = StoreSettings.from_config(offsite, environ)
+    assert (settings.bucket, settings.root, settings.region, settings.storage_class) == (
+        "my-backups", "host-1/", "eu-central", "STANDARD_IA")
+    assert (settings.access_key_id, settings.secret_access_key) == ("AKIAFROMENV", "from-env")
+    assert settings.key("objects/x") == "host-1/objects/x"
+    assert validate_settings(settings) == []
+    empty = StoreSettings.from_config({"bucket": "A_B", "endpoint": "ftp://x"}, {})
+    assert validate_settings(empty) == [
+        "offsite.bucket is not a valid bucket name (3-63 of a-z 0-9 . -)",
+        "offsite.endpoint must be an http(s) URL",
+        "the credentials are not set (OFFSITE_ACCESS_KEY_ID, OFFSITE_SECRET_ACCESS_KEY)",
+    ]

@@ -19,6 +19,7 @@ from backups.offsite import (
     RecipientError,
     StoreSettings,
     delete_backup,
+    download_file,
     fetch_manifest,
     fetch_service_document,
     garbage_collect,
@@ -82,6 +83,10 @@ def test_files_read_back_as_plaintext_streams_and_a_swapped_object_is_caught(
     manifest = fetch_manifest(store, "backup-2", [identity.identity])
     got = {item.path: stream.read() for item, stream in iter_files(store, manifest, [identity.identity])}
     assert got == {"a/one": folder.read("a/one"), "two": b"second file\n"}
+    one = next(item for item in manifest.files if item.path == "a/one")
+    restored = io.BytesIO()
+    assert download_file(store, one, restored, [identity.identity]) == 3 * PART
+    assert restored.getvalue() == folder.read("a/one")
 
     # Someone with the public key replaces an object with other content: the name no longer matches.
     two = next(item for item in manifest.files if item.path == "two")
