@@ -17,12 +17,19 @@ the part's MD5), and sends only the others.
 - Encrypted objects cannot be regenerated: age draws a fresh file key for every encryption, so a second
   encryption of the same file differs in every byte. Each file larger than one part is therefore
   encrypted once into a staging file in the state folder (`<sha256>.age.staged`), and the parts are
-  read from that file. The upload starts while encryption is still running (encryption is several times
-  faster than any upload); once the staging file is complete, fsynced and marked (`.complete`), a later
-  attempt resumes from it and the store's parts. An attempt interrupted before the mark starts over for
-  that file. Cost: free disk in the state folder for the largest file being sent (plus 16 bytes per
-  64 KiB), one extra write and read of it; the staging file is removed once its object is complete.
-  Files that fit in one part are encrypted in memory and sent in one request: nothing to resume.
+  read from that file. Encryption runs in a child process (encryptor.py, reading the opened file's
+  descriptor: pyrage holds the GIL while it encrypts) and the upload starts while it is still running
+  (it is several times faster than any upload); once the staging file is complete, fsynced and marked
+  (`.complete`), a later attempt resumes from it and the store's parts. An attempt interrupted before
+  the mark starts over for that file. Cost: free disk in the state folder for the largest file being
+  sent (plus 16 bytes per 64 KiB), one extra write and read of it, ~1.7 s of CPU per GiB for age; the
+  staging file is removed once its object is complete. Files that fit in one part are encrypted in
+  memory and sent in one request: nothing to resume.
+
+Hashing: a file's sha256 names its object, so it is known before the upload: from `hashes` (a verified
+MANIFEST.sha256), or computed first, one file ahead of the upload. Whatever is sent is hashed again on
+the way and must match, except a file this call hashed itself whose signature (inode, size, mtime,
+ctime) is unchanged since: one sha256 pass per file either way.
 
 Storage class (`storageClass`) applies to objects only; indexes, manifests and the service's documents
 stay in the default class, so listing and rebuilding never wait for an archive tier. Objects in an
@@ -41,6 +48,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -191,17 +199,41 @@ def _check_listing(listing: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
 
 def hash_file(open_file: Opener, rel_path: str, size: int) -> str:
     """sha256 of a file, read in 1 MiB chunks; IntegrityError if its size is not the listed one."""
+    return _hash_with_signature(open_file, rel_path, size)[0]
+
+
+# What identifies a file's content without reading it (git's index and rsync rely on the same): a write
+# changes st_ctime, which no one can set back. Files this call hashed itself and that still carry the
+# same signature when they are uploaded are not hashed a second time.
+Signature = tuple[int, int, int, int, int]
+
+
+def _signature(handle: Any) -> Signature | None:
+    try:
+        st = os.fstat(handle.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_with_signature(open_file: Opener, rel_path: str, size: int) -> tuple[str, Signature | None]:
     digest = hashlib.sha256()
     seen = 0
     with open_file(rel_path) as handle:
+        before = _signature(handle)
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             seen += len(chunk)
             if seen > size:
                 break
+        after = _signature(handle)
     if seen != size:
         raise IntegrityError(f"{rel_path} is not the size the listing says: it changed or is being written")
-    return digest.hexdigest()
+    if before != after:
+        raise IntegrityError(f"{rel_path} changed while it was hashed")
+    return digest.hexdigest(), after
 
 
 def choose_part_size(size: int, part_size: int) -> int:
@@ -291,14 +323,16 @@ _STATE_SUFFIXES = (".upload.json", ".staged", ".complete", ".tmp")
 
 
 class _HashingReader:
-    """Reads a file once in order, hashing what it hands out; `finish()` checks size and sha256."""
+    """Reads a file once in order, hashing what it hands out (unless `verify` is false: a file this call
+    hashed and whose signature is unchanged); `finish()` checks size and sha256."""
 
-    def __init__(self, handle: BinaryIO, rel_path: str, size: int, sha256: str) -> None:
+    def __init__(self, handle: BinaryIO, verify: bool = True, *, rel_path: str, size: int,
+                 sha256: str) -> None:
         self.handle = handle
         self.rel_path = rel_path
         self.size = size
         self.sha256 = sha256
-        self.digest = hashlib.sha256()
+        self.digest = hashlib.sha256() if verify else None
         self.seen = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -308,11 +342,12 @@ class _HashingReader:
         self.seen += len(data)
         if self.seen > self.size:
             raise IntegrityError(f"{self.rel_path} grew while it was uploaded")
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         return data
 
     def finish(self) -> None:
-        if self.seen != self.size or self.digest.hexdigest() != self.sha256:
+        if self.seen != self.size or (self.digest is not None and self.digest.hexdigest() != self.sha256):
             raise IntegrityError(f"{self.rel_path} changed while it was uploaded (size or sha256 differ)")
 
     def close(self) -> None:
@@ -335,6 +370,18 @@ def _read_exactly(handle: BinaryIO, size: int) -> bytes:
 
 
 ENCRYPTOR = Path(__file__).with_name("encryptor.py")
+
+
+def _regular_fd_at_start(handle: Any) -> int | None:
+    """The descriptor of a regular file, rewound to its start, or None (then it is fed by a pipe)."""
+    if _signature(handle) is None:
+        return None
+    try:
+        fd = handle.fileno()
+        os.lseek(fd, 0, os.SEEK_SET)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd
 
 
 class _StagedSource:
@@ -373,42 +420,63 @@ class _StagedSource:
         source.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return source
 
-    def start(self, plain: _HashingReader, recipients: Sequence[str]) -> None:
+    def start(self, handle: BinaryIO, rel_path: str, size: int, sha256: str, verify: bool,
+              recipients: Sequence[str]) -> None:
+        """Starts encrypting `handle` (just opened) into the staging file. A regular file's descriptor
+        becomes the child's stdin; anything else is fed through a pipe by a thread."""
         with contextlib.suppress(FileNotFoundError):
             self.mark.unlink()
+        source_fd = _regular_fd_at_start(handle)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, str(ENCRYPTOR), *recipients],
-                stdin=subprocess.PIPE, stdout=self.fd, stderr=subprocess.PIPE,
+                [sys.executable, str(ENCRYPTOR), *([] if verify else ["--no-hash"]), *recipients],
+                stdin=subprocess.PIPE if source_fd is None else source_fd, stdout=self.fd,
+                stderr=subprocess.PIPE,
             )
         except OSError as error:
-            plain.close()
+            handle.close()
             raise OffsiteError(f"cannot start the encryptor process: {error.strerror or error}") from None
-        self.thread = threading.Thread(target=self._feed, args=(plain,), name="offsite-encrypt", daemon=True)
+        expected = (rel_path, size, sha256 if verify else None)
+        self.thread = threading.Thread(target=self._watch, args=(handle, source_fd is None, expected),
+                                       name="offsite-encrypt", daemon=True)
         self.thread.start()
 
-    def _feed(self, plain: _HashingReader) -> None:
+    def _watch(self, handle: BinaryIO, feed: bool, expected: tuple[str, int, str | None]) -> None:
         process = self.process
-        assert process is not None and process.stdin is not None and self.fd is not None
+        assert process is not None and self.fd is not None
+        rel_path, size, sha256 = expected
         try:
-            try:
-                while chunk := plain.read(CHUNK):
+            if feed:
+                assert process.stdin is not None
+                try:
+                    while chunk := handle.read(CHUNK):
+                        if self.stop.is_set():
+                            raise Cancelled("the off-site copy was cancelled")
+                        process.stdin.write(chunk)
+                    # communicate() below flushes and closes stdin: closing it here makes it fail.
+                except BrokenPipeError:
+                    pass  # the child ended early: its exit status and stderr say why
+            while True:
+                try:
+                    _, errors = process.communicate(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
                     if self.stop.is_set():
-                        raise Cancelled("the off-site copy was cancelled")
-                    process.stdin.write(chunk)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # the child ended early: its exit status and stderr say why
-            returncode = process.wait()
-            if returncode != 0:
-                detail = (process.stderr.read(2000) if process.stderr else b"").decode(errors="replace")
-                raise RecipientError(f"age encryption failed (encryptor exit {returncode}): "
-                                     f"{detail.strip().splitlines()[-1] if detail.strip() else 'no message'}")
-            plain.finish()
+                        raise Cancelled("the off-site copy was cancelled") from None
+            lines = errors.decode(errors="replace").strip().splitlines()
+            if process.returncode != 0:
+                detail = lines[-1] if lines else "no message"
+                raise RecipientError(f"age encryption failed (encryptor exit {process.returncode}): {detail}")
+            try:
+                result = json.loads(lines[-1])
+            except (IndexError, ValueError):
+                raise OffsiteError("the encryptor process did not report what it read") from None
+            if result.get("size") != size or (sha256 is not None and result.get("sha256") != sha256):
+                raise IntegrityError(f"{rel_path} changed while it was uploaded (size or sha256 differ)")
             os.fsync(self.fd)
-            size = os.fstat(self.fd).st_size
-            _atomic_write(self.mark, json.dumps({"size": size, "sha256": plain.sha256}).encode())
+            written = os.fstat(self.fd).st_size
+            _atomic_write(self.mark, json.dumps({"size": written, "sha256": result.get("sha256")}).encode())
         except BaseException as error:  # the reading thread re-raises it
             self.failure = error
             with contextlib.suppress(OSError):
@@ -416,7 +484,7 @@ class _StagedSource:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 process.wait(10)
         finally:
-            plain.close()
+            handle.close()
             for stream in (process.stdin, process.stderr):
                 with contextlib.suppress(OSError):
                     if stream is not None:
@@ -542,7 +610,7 @@ class _Session:
         with _Hasher(files, open_file, hashes) as hasher:
             for number, (rel_path, size) in enumerate(files, start=1):
                 self.check()
-                digest = hasher.wait(rel_path, self.check)
+                digest, signature = hasher.wait(rel_path, self.check)
                 key = layout.object_key(digest, encrypted=self.encrypted)
                 entries.append(ManifestFile(rel_path, size, digest, key))
                 self.current_plain = 0
@@ -555,7 +623,7 @@ class _Session:
                     continue
                 self._index(backup_id, {key, *hasher.known_keys(self.encrypted)})
                 self.report(f"uploading {label}", force=True)
-                self._send_file(key, rel_path, size, digest, open_file, label)
+                self._send_file(key, rel_path, size, digest, _Opened(open_file, signature), label)
                 self.done_plain += size
                 self.current_plain = 0
             self._drain()
@@ -625,7 +693,7 @@ class _Session:
 
     # --- sending one file
 
-    def _send_file(self, key: str, rel_path: str, size: int, digest: str, open_file: Opener,
+    def _send_file(self, key: str, rel_path: str, size: int, digest: str, open_file: _Opened,
                    label: str) -> None:
         full_key = self.store.settings.key(key)
         meta = self._metadata(digest, size)
@@ -638,12 +706,13 @@ class _Session:
         self.uploaded_keys.add(key)
         self.objects_uploaded += 1
 
-    def _send_small(self, full_key: str, rel_path: str, size: int, digest: str, open_file: Opener,
+    def _send_small(self, full_key: str, rel_path: str, size: int, digest: str, open_file: _Opened,
                     meta: dict[str, str]) -> None:
         self._take_slot()
         try:
-            with open_file(rel_path) as handle:
-                reader = _HashingReader(handle, rel_path, size, digest)
+            handle, verify = open_file(rel_path)
+            with handle:
+                reader = _HashingReader(handle, verify, rel_path=rel_path, size=size, sha256=digest)
                 body = reader.read(size + 1)
                 reader.finish()
             if self.encrypted:
@@ -661,9 +730,9 @@ class _Session:
         self.current_plain = size
 
     def _send_plain(self, full_key: str, key: str, rel_path: str, size: int, digest: str,
-                    open_file: Opener, meta: dict[str, str], label: str) -> None:
+                    open_file: _Opened, meta: dict[str, str], label: str) -> None:
         pending = self._pending(key)
-        reader = _HashingReader(open_file(rel_path), rel_path, size, digest)
+        reader = _HashingReader(*open_file(rel_path), rel_path=rel_path, size=size, sha256=digest)
         try:
             upload = self._open_multipart(full_key, key, meta, size, pending, staged=False, reusable=True)
 
@@ -682,7 +751,7 @@ class _Session:
         self._forget_state(key)
 
     def _send_staged(self, full_key: str, key: str, rel_path: str, size: int, digest: str,
-                     open_file: Opener, meta: dict[str, str], label: str) -> None:
+                     open_file: _Opened, meta: dict[str, str], label: str) -> None:
         staging = self.state_dir / f"{_state_name(key)}.staged"
         pending = self._pending(key)
         source = _StagedSource.resume(staging) if pending is not None and pending.staged else None
@@ -695,8 +764,8 @@ class _Session:
                 pending = None
             _StagedSource(staging).remove()
             source = _StagedSource(staging)
-            reader = _HashingReader(open_file(rel_path), rel_path, size, digest)
-            source.start(reader, self.recipient_strings)
+            handle, verify = open_file(rel_path)
+            source.start(handle, rel_path, size, digest, verify, self.recipient_strings)
             reusable = False
         else:
             reusable = True
@@ -868,6 +937,19 @@ class _Session:
         self.check()
 
 
+class _Opened:
+    """The caller's opener, plus whether what it opens must be hashed again: not when this call hashed
+    the file itself and its signature has not changed since."""
+
+    def __init__(self, open_file: Opener, signature: Signature | None) -> None:
+        self.open_file = open_file
+        self.signature = signature
+
+    def __call__(self, rel_path: str) -> tuple[BinaryIO, bool]:
+        handle = self.open_file(rel_path)
+        return handle, self.signature is None or _signature(handle) != self.signature
+
+
 @dataclass
 class _Multipart:
     upload_id: str
@@ -892,7 +974,7 @@ class _Hasher:
         self.files = files
         self.open_file = open_file
         self.given = given
-        self.results: dict[str, str] = {}
+        self.results: dict[str, tuple[str, Signature | None]] = {}
         self.errors: dict[str, BaseException] = {}
         self.stop = threading.Event()
         self.condition = threading.Condition()
@@ -901,7 +983,7 @@ class _Hasher:
     def __enter__(self) -> _Hasher:
         for rel_path, _size in self.files:
             if rel_path in self.given:
-                self.results[rel_path] = self.given[rel_path].lower()
+                self.results[rel_path] = (self.given[rel_path].lower(), None)
         self.thread.start()
         return self
 
@@ -916,17 +998,17 @@ class _Hasher:
             if rel_path in self.results:
                 continue
             try:
-                digest = hash_file(_stoppable(self.open_file, self.stop), rel_path, size)
+                found = _hash_with_signature(_stoppable(self.open_file, self.stop), rel_path, size)
             except BaseException as error:
                 with self.condition:
                     self.errors[rel_path] = error
                     self.condition.notify_all()
                 return
             with self.condition:
-                self.results[rel_path] = digest
+                self.results[rel_path] = found
                 self.condition.notify_all()
 
-    def wait(self, rel_path: str, check: Callable[[], None]) -> str:
+    def wait(self, rel_path: str, check: Callable[[], None]) -> tuple[str, Signature | None]:
         with self.condition:
             while rel_path not in self.results:
                 if rel_path in self.errors:
@@ -940,7 +1022,7 @@ class _Hasher:
 
     def known_keys(self, encrypted: bool) -> list[str]:
         with self.condition:
-            return [layout.object_key(digest, encrypted=encrypted) for digest in self.results.values()]
+            return [layout.object_key(digest, encrypted=encrypted) for digest, _ in self.results.values()]
 
 
 def _stoppable(open_file: Opener, stop: threading.Event) -> Opener:
@@ -959,6 +1041,9 @@ class _StopReading(io.RawIOBase):
         if self.stop_event.is_set():
             raise Cancelled("the off-site copy was cancelled")
         return self.inner.read(size)
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
 
     def close(self) -> None:
         self.inner.close()

@@ -299,3 +299,39 @@ def test_a_listing_that_leaves_the_folder_is_refused(
     for bad in ("../etc/passwd", "/etc/passwd", "a/../../b", "a//b"):
         with pytest.raises(IntegrityError):
             upload_backup(store, "backup-8", [(bad, 1)], folder.open, metadata={}, state_dir=tmp_path)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_file_rewritten_between_hashing_and_upload_is_refused(
+    encrypted: bool, store: StoreSettings, s3: Store, make_folder, tmp_path: Path, identity: Identity
+) -> None:
+    folder = make_folder("backup-10", {"dump.gz": 2 * PART + 1})
+    opened: list[str] = []
+
+    def rewriting_opener(rel: str):
+        opened.append(rel)
+        if len(opened) == 2:  # the upload's open, after the hashing one: same size, other bytes
+            (folder.path / rel).write_bytes(os.urandom(2 * PART + 1))
+        return folder.open(rel)
+
+    with pytest.raises(IntegrityError, match="dump.gz changed while it was uploaded"):
+        upload_backup(store, "backup-10", folder.listing, rewriting_opener, metadata={},
+                      state_dir=tmp_path / "state", part_size=PART,
+                      recipients=[identity.recipient] if encrypted else [])
+    assert opened == ["dump.gz", "dump.gz"]
+    assert keys_under(s3, "objects/") == {}
+    assert not list(s3.multipart_uploads())
+
+
+def test_files_the_opener_gives_as_plain_streams_are_encrypted_through_a_pipe(
+    store: StoreSettings, make_folder, tmp_path: Path, identity: Identity
+) -> None:
+    import io
+
+    folder = make_folder("backup-11", {"dump.gz": 3 * PART + 17})
+    streamed = upload_backup(store, "backup-11", folder.listing, lambda rel: io.BytesIO(folder.read(rel)),
+                             metadata={}, state_dir=tmp_path / "state", part_size=PART,
+                             recipients=[identity.recipient])
+    item = streamed.manifest.files[0]
+    with open_remote_file(store, item, [identity.identity]) as stream:
+        assert stream.read() == folder.read("dump.gz")
