@@ -134,11 +134,14 @@ def upload_backup(
 
     `listing` is the backup's files `[(rel_path, size_bytes)]` and `open_file(rel_path)` opens one for
     reading (it is also called from a hashing thread). `hashes` (rel_path → sha256) may come from a
-    verified MANIFEST.sha256: the files are then not read before upload, and a file whose object
-    exists is not read at all; every file that is sent is hashed while it is sent and must match.
+    verified MANIFEST.sha256: the files are then not read before upload, a file whose object exists
+    is not read at all, and a file that is sent is hashed on the way and must match. Without them,
+    each file is hashed first (one file ahead of the upload).
     `metadata` (JSON-serialisable: type, description, created_at, ...) goes into the manifest.
     `recipients` (age1… public keys): empty = plain objects. `on_progress` and `should_stop` are called
-    from the calling thread only. Raises OffsiteError subclasses only (Cancelled, StoreRefused, ...).
+    from the calling thread only. Raises OffsiteError subclasses (Cancelled, StoreRefused,
+    IntegrityError, ...; an OSError of reading becomes an OffsiteError); exceptions of the opener's own
+    kinds pass through unchanged.
     """
     started = time.monotonic()
     layout.check_backup_id(backup_id)
@@ -159,6 +162,9 @@ def upload_backup(
     )
     try:
         manifest = session.run(backup_id, files, open_file, dict(metadata), dict(hashes or {}))
+    except OSError as error:
+        # strerror only: the message of an OSError names the full path
+        raise OffsiteError(f"reading the backup or the state folder failed: {_reason(error)}") from None
     finally:
         session.close()
     return UploadResult(
@@ -173,6 +179,10 @@ def upload_backup(
         objects_skipped=session.objects_skipped,
         seconds=time.monotonic() - started,
     )
+
+
+def _reason(error: BaseException) -> str:
+    return (error.strerror if isinstance(error, OSError) else None) or type(error).__name__
 
 
 def _no_progress(percent: int, message: str) -> None:
@@ -1013,9 +1023,9 @@ class _Hasher:
             while rel_path not in self.results:
                 if rel_path in self.errors:
                     error = self.errors[rel_path]
-                    if isinstance(error, OffsiteError):
-                        raise error
-                    raise IntegrityError(f"cannot read {rel_path}: {error}") from None
+                    if isinstance(error, OSError):
+                        raise IntegrityError(f"cannot read {rel_path}: {_reason(error)}") from None
+                    raise error
                 self.condition.wait(0.2)
                 check()
             return self.results[rel_path]
