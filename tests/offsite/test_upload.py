@@ -335,3 +335,15 @@ def test_files_the_opener_gives_as_plain_streams_are_encrypted_through_a_pipe(
     item = streamed.manifest.files[0]
     with open_remote_file(store, item, [identity.identity]) as stream:
         assert stream.read() == folder.read("dump.gz")
+
+
+def test_a_vanished_file_is_an_error_that_does_not_show_its_full_path(
+    store: StoreSettings, make_folder, tmp_path: Path
+) -> None:
+    folder = make_folder("backup-12", {"dump.gz": b"z" * 100})
+    (folder.path / "dump.gz").unlink()
+    with pytest.raises(OffsiteError) as caught:
+        upload_backup(store, "backup-12", [("dump.gz", 100)], folder.open, metadata={},
+                      state_dir=tmp_path / "state", part_size=PART)
+    assert str(caught.value) == "cannot read dump.gz: No such file or directory"
+    assert str(tmp_path) not in "".join(traceback.format_exception(caught.value))
