@@ -15,6 +15,7 @@ import hashlib
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -145,8 +146,12 @@ def measured(work: Callable[[], dict[str, Any]], staging: Path | None = None) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pinned", action="store_true",
+                        help="SeaweedFS on CPU 0, this process (and its encryptor) on CPU 1: as if the store "
+                             "were another machine, so that client CPU does not slow the store down")
     args = parser.parse_args()
-    report = Report("Off-site upload to S3 (SeaweedFS on loopback): upload_backup vs boto3 upload_file")
+    title = "Off-site upload to S3 (SeaweedFS on loopback): upload_backup vs boto3 upload_file"
+    report = Report(title + (" — store and client on separate CPUs" if args.pinned else ""))
     started = time.perf_counter()
     folder = ensure_data()
     listing = sorted((rel, size) for rel, size in LAYOUT.items())
@@ -165,6 +170,10 @@ def main() -> int:
         global STORE_PID
         assert server.process is not None
         STORE_PID = server.process.pid
+        if args.pinned:
+            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(STORE_PID)], check=True,
+                           stdout=subprocess.DEVNULL)
+            os.sched_setaffinity(0, {1})  # threads and children started from now on inherit it
         settings = StoreSettings(endpoint=server.endpoint, bucket=BUCKET, access_key_id="bench",
                                  secret_access_key="bench-secret")
         client = Store(settings)
