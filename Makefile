@@ -27,7 +27,7 @@ run: $(VENV)/.installed
 	@$(MANAGE) migrate --noinput
 	@$(MANAGE) collectstatic --noinput --verbosity 0
 	@$(MANAGE) print_welcome
-	BACKUP_STEP_DELAY=$${BACKUP_STEP_DELAY:-1} $(MANAGE) serve
+	BACKUP_STEP_DELAY=$${BACKUP_STEP_DELAY:-1} ALLOW_DEMO_DUMPS=$${ALLOW_DEMO_DUMPS:-1} $(MANAGE) serve
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -40,8 +40,15 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -75,8 +82,12 @@ class ManagedProcess:
     def spawn(self, *args: str) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [PYTHON, "manage.py", *args], cwd=PROJECT, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [PYTHON, "manage.py", *args],
+                cwd=PROJECT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def log(self) -> str:
@@ -126,7 +137,6 @@ class Server(ManagedProcess):
         raise RuntimeError(f"server did not answer /health in {timeout} s:\n{self.log()}")
 
 
-
 def http_get(port: int, path: str, token: str | None = None, timeout: float = 30) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -137,8 +147,9 @@ def http_get(port: int, path: str, token: str | None = None, timeout: float = 30
         conn.close()
 
 
-def http_post_json(port: int, path: str, body: dict[str, Any], token: str,
-                   timeout: float = 30) -> tuple[int, Any]:
+def http_post_json(
+    port: int, path: str, body: dict[str, Any], token: str, timeout: float = 30
+) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {**auth_headers(token), "Content-Type": "application/json"}

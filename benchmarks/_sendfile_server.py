@@ -37,8 +37,10 @@ def _serve_connection(conn: socket.socket, root: Path) -> None:
                 continue
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                             b"Content-Length: %d\r\n\r\n" % size)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    b"Content-Length: %d\r\n\r\n" % size
+                )
                 offset = 0
                 while offset < size:
                     sent = os.sendfile(conn.fileno(), handle.fileno(), offset, size - offset)

@@ -123,18 +123,28 @@ def main() -> int:
             label = f"{count:,} folders"
             report.add(f"{label}: server start → /health 200 (incl. start-up sync)", f"{f['startup']:.2f} s")
             report.add(f"{label}: first GET /api/backup/list (prime)", f"{f['prime'] * 1000:.1f} ms")
-            report.add(f"{label}: GET /api/backup/list?page_size=50, median of {REQUESTS}",
-                       f"{f['list'] * 1000:.2f} ms")
+            report.add(
+                f"{label}: GET /api/backup/list?page_size=50, median of {REQUESTS}",
+                f"{f['list'] * 1000:.2f} ms",
+            )
             report.add(f"{label}: GET /health, median of {REQUESTS}", f"{f['health'] * 1000:.2f} ms")
             report.note(f"{count:,} folders × {len(FILES)} files created in {made:.1f} s")
 
         small, big = figures[SIZES[0]], figures[SIZES[-1]]
         ratio_small = big["list"] / small["list"]
         ratio_health = big["list"] / big["health"]
-        report.add(f"list median {SIZES[-1]:,} / list median {SIZES[0]:,}", f"{ratio_small:.2f}×", "≤ 1.5×",
-                   ratio_small <= 1.5)
-        report.add(f"list median / /health median at {SIZES[-1]:,}", f"{ratio_health:.2f}×", "≤ 3×",
-                   ratio_health <= 3)
+        report.add(
+            f"list median {SIZES[-1]:,} / list median {SIZES[0]:,}",
+            f"{ratio_small:.2f}×",
+            "≤ 1.5×",
+            ratio_small <= 1.5,
+        )
+        report.add(
+            f"list median / /health median at {SIZES[-1]:,}",
+            f"{ratio_health:.2f}×",
+            "≤ 3×",
+            ratio_health <= 3,
+        )
 
         (tmp / "inproc").mkdir()
         biggest = tmp / f"root-{SIZES[-1]}"

@@ -232,14 +232,19 @@ def main() -> int:
         server.start()
 
         sendfile_port = free_port()
-        sendfile_server = [PYTHON, str(Path(__file__).with_name("_sendfile_server.py")), str(root),
-                           str(sendfile_port)]
+        sendfile_server = [
+            PYTHON,
+            str(Path(__file__).with_name("_sendfile_server.py")),
+            str(root),
+            str(sendfile_port),
+        ]
         stack.enter_context(process_group(sendfile_server, tmp / "sendfile.log", sendfile_port))
         nginx_port: int | None = None
         if NGINX.exists():
             nginx_port = free_port()
-            stack.enter_context(process_group(nginx_command(tmp, root, nginx_port), tmp / "nginx.log",
-                                              nginx_port))
+            stack.enter_context(
+                process_group(nginx_command(tmp, root, nginx_port), tmp / "nginx.log", nginx_port)
+            )
         reference = "nginx sendfile" if nginx_port else "cat > /dev/null"
 
         path = f"/api/backup/{BACKUP_ID}/download"
@@ -247,33 +252,43 @@ def main() -> int:
         if status != 200:
             raise RuntimeError(f"warm-up download: {status} {body[:200]!r}")
         tar_bytes = _content_length(server.port, path, token)
-        results: dict[str, list[Transfer]] = {key: [] for key in
-                                              ("tar", "file", "ref_tar", "ref_file", "sendfile_file")}
+        results: dict[str, list[Transfer]] = {
+            key: [] for key in ("tar", "file", "ref_tar", "ref_file", "sendfile_file")
+        }
         for _ in range(REPEATS):  # interleaved, so noise hits every row alike
             if nginx_port:
                 nginx = f"http://127.0.0.1:{nginx_port}/{BACKUP_ID}"
-                results["ref_tar"].append(_sum([curl(f"{nginx}/{rel}", None, size)
-                                                for rel, size in LAYOUT.items()]))
+                results["ref_tar"].append(
+                    _sum([curl(f"{nginx}/{rel}", None, size) for rel, size in LAYOUT.items()])
+                )
                 results["ref_file"].append(curl(f"{nginx}/{BIG_FILE}", None, GIB))
             else:
                 results["ref_tar"].append(cat(files))
                 results["ref_file"].append(cat([folder / BIG_FILE]))
             results["sendfile_file"].append(
-                curl(f"http://127.0.0.1:{sendfile_port}/{BACKUP_ID}/{BIG_FILE}", None, GIB))
+                curl(f"http://127.0.0.1:{sendfile_port}/{BACKUP_ID}/{BIG_FILE}", None, GIB)
+            )
             results["tar"].append(sampled(server.pid, lambda: curl(server.base + path, token, tar_bytes)))
-            results["file"].append(sampled(
-                server.pid, lambda: curl(f"{server.base}{path}?file={BIG_FILE}", token, GIB)))
+            results["file"].append(
+                sampled(server.pid, lambda: curl(f"{server.base}{path}?file={BIG_FILE}", token, GIB))
+            )
 
         slow = {
-            kind: sampled(server.pid, functools.partial(
-                paced_download, server.port, url, token, SLOW_RATE, SLOW_BYTES, max_seconds=60))
+            kind: sampled(
+                server.pid,
+                functools.partial(
+                    paced_download, server.port, url, token, SLOW_RATE, SLOW_BYTES, max_seconds=60
+                ),
+            )
             for kind, url in (("tar", path), ("file", f"{path}?file={BIG_FILE}"))
         }
         health, _ = http_get(server.port, "/health")
 
         rate = {key: median([t.mb_s for t in values]) for key, values in results.items()}
-        report.add(f"reference: {reference}, whole backup ({tar_bytes / GIB:.2f} GiB), median of {REPEATS}",
-                   f"{rate['ref_tar']:,.0f} MB/s")
+        report.add(
+            f"reference: {reference}, whole backup ({tar_bytes / GIB:.2f} GiB), median of {REPEATS}",
+            f"{rate['ref_tar']:,.0f} MB/s",
+        )
         report.add(f"reference: {reference}, {BIG_FILE} (1 GiB)", f"{rate['ref_file']:,.0f} MB/s")
         report.add("sendfile(2) server + curl, 1 GiB (nginx stand-in)", f"{rate['sendfile_file']:,.0f} MB/s")
         report.add(f"service tar download, curl, median of {REPEATS}", f"{rate['tar']:,.0f} MB/s")
@@ -282,23 +297,34 @@ def main() -> int:
             ratio = rate[kind] / rate[f"ref_{kind}"]
             report.add(f"{kind}: service / {reference}", f"{ratio:.2f}×", "≥ 0.6×", ratio >= 0.6)
             ratio = rate[kind] / rate["sendfile_file"]
-            report.add(f"{kind}: service / sendfile server", f"{ratio:.2f}×", "≥ 0.6× (like-for-like)",
-                       ratio >= 0.6)
+            report.add(
+                f"{kind}: service / sendfile server", f"{ratio:.2f}×", "≥ 0.6× (like-for-like)", ratio >= 0.6
+            )
         for kind in ("tar", "file"):
             growth = max(t.rss_growth_mb for t in results[kind])
-            report.add(f"server RSS growth, fast {kind} (max of {REPEATS})", f"{growth:.1f} MB", "< 50 MB",
-                       growth < 50)
+            report.add(
+                f"server RSS growth, fast {kind} (max of {REPEATS})",
+                f"{growth:.1f} MB",
+                "< 50 MB",
+                growth < 50,
+            )
         for kind, transfer in slow.items():
-            report.add(f"server RSS growth, 20 MB/s client, {kind}, {transfer.bytes / 1e6:.0f} MB then "
-                       f"hang-up (client got {transfer.mb_s:.1f} MB/s)", f"{transfer.rss_growth_mb:.1f} MB",
-                       "< 50 MB", transfer.rss_growth_mb < 50)
+            report.add(
+                f"server RSS growth, 20 MB/s client, {kind}, {transfer.bytes / 1e6:.0f} MB then "
+                f"hang-up (client got {transfer.mb_s:.1f} MB/s)",
+                f"{transfer.rss_growth_mb:.1f} MB",
+                "< 50 MB",
+                transfer.rss_growth_mb < 50,
+            )
         report.add("server answers /health after the hang-ups", str(health), "200", health == 200)
         rss, hwm = (proc_status_kib(server.pid, name) * 1024 / 1e6 for name in ("VmRSS", "VmHWM"))
         report.note(f"serve process at the end: VmRSS {rss:.0f} MB, VmHWM (peak since start) {hwm:.0f} MB")
         report.note("MB = 10^6 bytes; fast client: curl -o /dev/null on loopback, rate from its time_total")
         if not nginx_port:
-            report.note("no /usr/sbin/nginx here: the reference is `cat` of the same files to /dev/null (no "
-                        "socket, no HTTP); the sendfile-server row is the like-for-like comparison")
+            report.note(
+                "no /usr/sbin/nginx here: the reference is `cat` of the same files to /dev/null (no "
+                "socket, no HTTP); the sendfile-server row is the like-for-like comparison"
+            )
     print(report.render())
     return 0
 

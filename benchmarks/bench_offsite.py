@@ -139,16 +139,18 @@ def measured(work: Callable[[], dict[str, Any]], staging: Path | None = None) ->
             cpu, store_cpu = _cpu() - cpu, cpu_seconds(STORE_PID) - store_cpu
             if staging_watch is not None:
                 staging_watch.__exit__()
-    return Run(seconds, rss.growth_mb, result, staging_watch.peak if staging_watch else 0, cpu,
-               store_cpu)
+    return Run(seconds, rss.growth_mb, result, staging_watch.peak if staging_watch else 0, cpu, store_cpu)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--pinned", action="store_true",
-                        help="SeaweedFS on CPU 0, this process (and its encryptor) on CPU 1: as if the store "
-                             "were another machine, so that client CPU does not slow the store down")
+    parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="SeaweedFS on CPU 0, this process (and its encryptor) on CPU 1: as if the store "
+        "were another machine, so that client CPU does not slow the store down",
+    )
     args = parser.parse_args()
     title = "Off-site upload to S3 (SeaweedFS on loopback): upload_backup vs boto3 upload_file"
     report = Report(title + (" — store and client on separate CPUs" if args.pinned else ""))
@@ -156,8 +158,10 @@ def main() -> int:
     folder = ensure_data()
     listing = sorted((rel, size) for rel, size in LAYOUT.items())
     total = sum(LAYOUT.values())
-    report.note(f"data ready in {time.perf_counter() - started:.1f} s ({CACHE}, reused when present): "
-                f"{total / GIB:.2f} GiB in {len(LAYOUT)} files")
+    report.note(
+        f"data ready in {time.perf_counter() - started:.1f} s ({CACHE}, reused when present): "
+        f"{total / GIB:.2f} GiB in {len(LAYOUT)} files"
+    )
     hashes = {rel: sha256_of(folder / rel) for rel, _ in listing}  # as a verified MANIFEST.sha256 gives
 
     def opener(rel: str):
@@ -171,11 +175,13 @@ def main() -> int:
         assert server.process is not None
         STORE_PID = server.process.pid
         if args.pinned:
-            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(STORE_PID)], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", "0", str(STORE_PID)], check=True, stdout=subprocess.DEVNULL
+            )
             os.sched_setaffinity(0, {1})  # threads and children started from now on inherit it
-        settings = StoreSettings(endpoint=server.endpoint, bucket=BUCKET, access_key_id="bench",
-                                 secret_access_key="bench-secret")
+        settings = StoreSettings(
+            endpoint=server.endpoint, bucket=BUCKET, access_key_id="bench", secret_access_key="bench-secret"
+        )
         client = Store(settings)
         client.call("CreateBucket", client.client.create_bucket, Bucket=BUCKET)
         transfer = boto3.s3.transfer.TransferConfig()  # boto3's defaults: 8 MiB parts, 10 threads
@@ -185,18 +191,39 @@ def main() -> int:
                 for rel, _ in listing:
                     client.client.upload_file(str(folder / rel), BUCKET, f"{prefix}/{rel}", Config=transfer)
                 return {}
+
             return work
 
-        def ours(prefix: str, backup_id: str, *, encrypted: bool, known: bool,
-                 should_stop: Callable[[], bool] | None = None,
-                 on_progress: Callable[[int, str], None] | None = None) -> Callable[[], dict[str, Any]]:
+        def ours(
+            prefix: str,
+            backup_id: str,
+            *,
+            encrypted: bool,
+            known: bool,
+            should_stop: Callable[[], bool] | None = None,
+            on_progress: Callable[[int, str], None] | None = None,
+        ) -> Callable[[], dict[str, Any]]:
             def work() -> dict[str, Any]:
-                store = StoreSettings(endpoint=server.endpoint, bucket=BUCKET, prefix=prefix,
-                                      access_key_id="bench", secret_access_key="bench-secret")
-                return upload_backup(store, backup_id, listing, opener, metadata={"type": "full"},
-                                     state_dir=tmp / "state", recipients=recipients if encrypted else [],
-                                     hashes=hashes if known else None, should_stop=should_stop,
-                                     on_progress=on_progress).as_dict()
+                store = StoreSettings(
+                    endpoint=server.endpoint,
+                    bucket=BUCKET,
+                    prefix=prefix,
+                    access_key_id="bench",
+                    secret_access_key="bench-secret",
+                )
+                return upload_backup(
+                    store,
+                    backup_id,
+                    listing,
+                    opener,
+                    metadata={"type": "full"},
+                    state_dir=tmp / "state",
+                    recipients=recipients if encrypted else [],
+                    hashes=hashes if known else None,
+                    should_stop=should_stop,
+                    on_progress=on_progress,
+                ).as_dict()
+
             return work
 
         def clean(prefix: str) -> None:
@@ -208,8 +235,10 @@ def main() -> int:
                     pass
 
         modes = {  # name: (encrypted, hashes given)
-            "plain": (False, False), "encrypted": (True, False),
-            "plain, hashes given": (False, True), "encrypted, hashes given": (True, True),
+            "plain": (False, False),
+            "encrypted": (True, False),
+            "plain, hashes given": (False, True),
+            "encrypted, hashes given": (True, True),
         }
         runs: dict[str, list[Run]] = {"boto3": [], **{mode: [] for mode in modes}}
         for repeat in range(args.repeats):  # interleaved, so drifting load hits every row alike
@@ -217,8 +246,12 @@ def main() -> int:
             clean(f"r{repeat}/baseline")
             for number, (mode, (encrypted, known)) in enumerate(modes.items()):
                 prefix = f"r{repeat}/m{number}"
-                runs[mode].append(measured(ours(prefix, "backup-1", encrypted=encrypted, known=known),
-                                           staging=tmp / "state" if encrypted else None))
+                runs[mode].append(
+                    measured(
+                        ours(prefix, "backup-1", encrypted=encrypted, known=known),
+                        staging=tmp / "state" if encrypted else None,
+                    )
+                )
                 if repeat < args.repeats - 1 or known:
                     clean(prefix)
         last = f"r{args.repeats - 1}"
@@ -237,57 +270,100 @@ def main() -> int:
 
         cancelled_at = time.perf_counter()
         try:
-            ours("resume", "backup-1", encrypted=True, known=True, on_progress=note,
-                 should_stop=lambda: progress["percent"] >= CANCEL_AT)()
+            ours(
+                "resume",
+                "backup-1",
+                encrypted=True,
+                known=True,
+                on_progress=note,
+                should_stop=lambda: progress["percent"] >= CANCEL_AT,
+            )()
             raise RuntimeError("the upload was not cancelled")
         except Cancelled:
             cancelled_seconds = time.perf_counter() - cancelled_at
         resumed = measured(ours("resume", "backup-1", encrypted=True, known=True))
 
     boto3_rate = median([run.mb_s(total) for run in runs["boto3"]])
-    report.add(f"boto3 upload_file of the {len(LAYOUT)} files (8 MiB parts, 10 threads), median of "
-               f"{args.repeats}", f"{boto3_rate:,.0f} MB/s")
+    report.add(
+        f"boto3 upload_file of the {len(LAYOUT)} files (8 MiB parts, 10 threads), median of {args.repeats}",
+        f"{boto3_rate:,.0f} MB/s",
+    )
     for mode in modes:
         rate = median([run.mb_s(total) for run in runs[mode]])
         # Each run against the boto3 run of its own round: the load here drifts by 2× within minutes.
-        ratio = median([mine.mb_s(total) / base.mb_s(total) for mine, base in zip(runs[mode], runs["boto3"],
-                                                                                  strict=True)])
+        ratio = median(
+            [
+                mine.mb_s(total) / base.mb_s(total)
+                for mine, base in zip(runs[mode], runs["boto3"], strict=True)
+            ]
+        )
         note = "" if "given" in mode else ", files hashed first"
-        report.add(f"upload_backup, {mode}{note}: MB/s and / boto3 (medians of {args.repeats})",
-                   f"{rate:,.0f} MB/s, {ratio:.2f}×", "≥ 0.8×", ratio >= 0.8)
+        report.add(
+            f"upload_backup, {mode}{note}: MB/s and / boto3 (medians of {args.repeats})",
+            f"{rate:,.0f} MB/s, {ratio:.2f}×",
+            "≥ 0.8×",
+            ratio >= 0.8,
+        )
     for mode, values in runs.items():
         client = median([run.cpu_seconds for run in values]) / (total / GIB)
         store = median([run.store_cpu_seconds for run in values]) / (total / GIB)
-        report.add(f"CPU s per GiB, {mode}: client (this process + encryptor) / SeaweedFS",
-                   f"{client:.1f} / {store:.1f} s")
+        report.add(
+            f"CPU s per GiB, {mode}: client (this process + encryptor) / SeaweedFS",
+            f"{client:.1f} / {store:.1f} s",
+        )
     growth = max(run.rss_growth_mb for mode in modes for run in runs[mode])
-    report.add("RSS growth of this process during upload_backup (max of all its 2 GiB runs)",
-               f"{growth:.1f} MB", "< 100 MB", growth < 100)
-    report.add("RSS growth during boto3 upload_file (for comparison)",
-               f"{max(run.rss_growth_mb for run in runs['boto3']):.1f} MB")
+    report.add(
+        "RSS growth of this process during upload_backup (max of all its 2 GiB runs)",
+        f"{growth:.1f} MB",
+        "< 100 MB",
+        growth < 100,
+    )
+    report.add(
+        "RSS growth during boto3 upload_file (for comparison)",
+        f"{max(run.rss_growth_mb for run in runs['boto3']):.1f} MB",
+    )
     staging = max(run.staging_peak for mode in modes for run in runs[mode])
-    report.add("encrypted: staging disk at its peak (the largest file, encrypted)",
-               f"{staging / MIB:,.0f} MiB (largest file {max(LAYOUT.values()) / MIB:,.0f} MiB)")
-    extra = median([enc.seconds / plain.seconds - 1 for enc, plain in zip(runs["encrypted"], runs["plain"],
-                                                                           strict=True)])
-    report.add("encrypted: extra time over plain (age + staging write/read), median of the rounds",
-               f"{extra * 100:+.0f} %")
-    for label, run in (("plain", second_plain), ("encrypted", second_enc),
-                       ("encrypted, hashes given", second_known)):
+    report.add(
+        "encrypted: staging disk at its peak (the largest file, encrypted)",
+        f"{staging / MIB:,.0f} MiB (largest file {max(LAYOUT.values()) / MIB:,.0f} MiB)",
+    )
+    extra = median(
+        [enc.seconds / plain.seconds - 1 for enc, plain in zip(runs["encrypted"], runs["plain"], strict=True)]
+    )
+    report.add(
+        "encrypted: extra time over plain (age + staging write/read), median of the rounds",
+        f"{extra * 100:+.0f} %",
+    )
+    for label, run in (
+        ("plain", second_plain),
+        ("encrypted", second_enc),
+        ("encrypted, hashes given", second_known),
+    ):
         share = run.result["uploaded_bytes"] / run.result["total_bytes"]
-        report.add(f"second, unchanged backup ({label}): bytes sent / backup bytes",
-                   f"{share * 100:.4f} % ({run.result['uploaded_bytes']:,} B in {run.seconds:.1f} s)",
-                   "< 1 %", share < 0.01)
+        report.add(
+            f"second, unchanged backup ({label}): bytes sent / backup bytes",
+            f"{share * 100:.4f} % ({run.result['uploaded_bytes']:,} B in {run.seconds:.1f} s)",
+            "< 1 %",
+            share < 0.01,
+        )
     share = resumed.result["uploaded_bytes"] / total
-    report.add(f"encrypted upload cancelled at {CANCEL_AT} %, then resumed: bytes the resume sends / backup",
-               f"{share * 100:.1f} % (reused {resumed.result['resumed_bytes'] / MIB:,.0f} MiB of parts, "
-               f"skipped {resumed.result['skipped_bytes'] / MIB:,.0f} MiB of whole objects; cancelled after "
-               f"{cancelled_seconds:.1f} s)", f"< {100 - CANCEL_AT + 5} %", share * 100 < 100 - CANCEL_AT + 5)
-    report.note(f"upload_backup: {DEFAULT_PART_SIZE // MIB} MiB parts, {DEFAULT_CONCURRENCY} in flight; "
-                "files from page cache; SeaweedFS `weed server` on the same 2 CPUs (it is the bottleneck: "
-                "both clients wait on it)")
-    report.note("MB = 10^6 bytes; RSS sampled every 50 ms (VmRSS of this process, baseline taken just before "
-                "each upload)")
+    report.add(
+        f"encrypted upload cancelled at {CANCEL_AT} %, then resumed: bytes the resume sends / backup",
+        f"{share * 100:.1f} % (reused {resumed.result['resumed_bytes'] / MIB:,.0f} MiB of parts, "
+        f"skipped {resumed.result['skipped_bytes'] / MIB:,.0f} MiB of whole objects; cancelled after "
+        f"{cancelled_seconds:.1f} s)",
+        f"< {100 - CANCEL_AT + 5} %",
+        share * 100 < 100 - CANCEL_AT + 5,
+    )
+    report.note(
+        f"upload_backup: {DEFAULT_PART_SIZE // MIB} MiB parts, {DEFAULT_CONCURRENCY} in flight; "
+        "files from page cache; SeaweedFS `weed server` on the same 2 CPUs (it is the bottleneck: "
+        "both clients wait on it)"
+    )
+    report.note(
+        "MB = 10^6 bytes; RSS sampled every 50 ms (VmRSS of this process, baseline taken just before "
+        "each upload)"
+    )
     print(report.render())
     return 0
 

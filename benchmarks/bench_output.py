@@ -59,8 +59,10 @@ class ServiceRun:
 
 async def subscribe(url: str, token: str) -> ClientConnection:
     ws = await connect(url, open_timeout=20, max_queue=None)
-    for frame in ({"event": "authenticate", "data": {"token": token}},
-                  {"event": "subscribe-backup-events", "data": {}}):
+    for frame in (
+        {"event": "authenticate", "data": {"token": token}},
+        {"event": "subscribe-backup-events", "data": {}},
+    ):
         await ws.send(json.dumps(frame))
         json.loads(await asyncio.wait_for(ws.recv(), 10))
     return ws
@@ -102,8 +104,9 @@ async def run_once(server: Server, token: str) -> tuple[float, str]:
     watcher: asyncio.Task[str] | None = None
     try:
         started = time.perf_counter()
-        status, body = await asyncio.to_thread(http_post_json, server.port, "/api/backup/create",
-                                               {"description": "bench_output"}, token)
+        status, body = await asyncio.to_thread(
+            http_post_json, server.port, "/api/backup/create", {"description": "bench_output"}, token
+        )
         if status != 202:
             raise RunFailed(f"create answered {status}: {body}")
         run_id = str(body["run"]["id"])
@@ -111,8 +114,9 @@ async def run_once(server: Server, token: str) -> tuple[float, str]:
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline:
             receive = asyncio.create_task(ws.recv())
-            done, _ = await asyncio.wait({receive, watcher}, timeout=deadline - time.monotonic(),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {receive, watcher}, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
+            )
             if watcher in done:
                 receive.cancel()
                 raise RunFailed(f"run {run_id}: {watcher.result()}")
@@ -161,13 +165,18 @@ def bare_run(script: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def add_figures(report: Report, bare: list[float], loud: list[ServiceRun], quiet: list[ServiceRun],
-                failure: str | None) -> None:
+def add_figures(
+    report: Report, bare: list[float], loud: list[ServiceRun], quiet: list[ServiceRun], failure: str | None
+) -> None:
     bare_s = median(bare)
     report.add(f"bare script, stdout → /dev/null, median of {len(bare)}", f"{bare_s * 1000:.0f} ms")
     if failure:
-        report.add(f"run through the service ({len(loud)} of {REPEATS} loud runs completed before)",
-                   "FAILED", "completes", False)
+        report.add(
+            f"run through the service ({len(loud)} of {REPEATS} loud runs completed before)",
+            "FAILED",
+            "completes",
+            False,
+        )
         report.note(f"failure: {failure}")
     if not loud:
         report.add("service wall / bare", "n/a (no run completed)", "≤ 1.3×", False)
@@ -175,8 +184,9 @@ def add_figures(report: Report, bare: list[float], loud: list[ServiceRun], quiet
         return
     wall = median([r.wall for r in loud])
     duration = median([r.duration for r in loud])
-    report.add(f"through the service: create → backup-completed (WebSocket), median of {len(loud)}",
-               f"{wall:.2f} s")
+    report.add(
+        f"through the service: create → backup-completed (WebSocket), median of {len(loud)}", f"{wall:.2f} s"
+    )
     report.add("through the service: the run's duration_seconds", f"{duration:.2f} s")
     report.add("service wall / bare", f"{wall / bare_s:.1f}×", "≤ 1.3×", wall / bare_s <= 1.3)
     ratio = duration / bare_s
@@ -185,12 +195,15 @@ def add_figures(report: Report, bare: list[float], loud: list[ServiceRun], quiet
         fixed = median([r.wall for r in quiet])
         marginal = wall - fixed
         report.add("the same script without the lines, create → backup-completed", f"{fixed:.2f} s")
-        report.add(f"cost of the {LINES:,} lines in the service (wall − wall without lines)",
-                   f"{marginal:.2f} s = {LINES / max(marginal, 1e-9) / 1e6:.2f} M lines/s")
+        report.add(
+            f"cost of the {LINES:,} lines in the service (wall − wall without lines)",
+            f"{marginal:.2f} s = {LINES / max(marginal, 1e-9) / 1e6:.2f} M lines/s",
+        )
     report.add("serve process CPU during the run with lines", f"{median([r.cpu for r in loud]):.2f} s")
     growth = max(r.rss_growth_mb for r in loud)
-    report.add(f"server RSS growth during the run (max of {len(loud)})", f"{growth:.1f} MB", "< 50 MB",
-               growth < 50)
+    report.add(
+        f"server RSS growth during the run (max of {len(loud)})", f"{growth:.1f} MB", "< 50 MB", growth < 50
+    )
     report.note(f"output_lines recorded by the service: {sorted({r.output_lines for r in loud})}")
 
 

@@ -86,8 +86,9 @@ class Latencies:
 def write_script(tmp: Path) -> Path:
     script = tmp / "progress-backup.py"
     max_lines = int(SCRIPT_SECONDS / LINE_INTERVAL) * 2
-    script.write_text(SCRIPT.format(python=PYTHON, interval=LINE_INTERVAL, seconds=SCRIPT_SECONDS,
-                                    max_lines=max_lines))
+    script.write_text(
+        SCRIPT.format(python=PYTHON, interval=LINE_INTERVAL, seconds=SCRIPT_SECONDS, max_lines=max_lines)
+    )
     script.chmod(0o755)
     return script
 
@@ -147,8 +148,9 @@ async def one_round(server: Server, token: str) -> tuple[Latencies, list[ClientL
     run_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     listeners = [asyncio.create_task(listen(ws, log, run_id)) for ws, log in zip(sockets, logs, strict=True)]
     try:
-        status, body = await asyncio.to_thread(http_post_json, server.port, "/api/backup/create",
-                                               {"description": "bench_progress"}, token)
+        status, body = await asyncio.to_thread(
+            http_post_json, server.port, "/api/backup/create", {"description": "bench_progress"}, token
+        )
         if status != 202:
             raise RuntimeError(f"create: {status} {body}")
         run: dict[str, object] = body["run"]
@@ -205,28 +207,43 @@ def measure(tmp: Path, script: Path, report: Report, label: str, goal_ms: float,
     finished = sum(log.finished for log in logs)
     count = len(latencies.total)
     p50, p99 = (percentile(latencies.total, pct) * 1000 for pct in (50, 99))
-    report.add(f"{label}: backup-progress latency p50 ({count:,} events, {count / len(logs):.0f}/client)",
-               f"{p50:.1f} ms")
+    report.add(
+        f"{label}: backup-progress latency p50 ({count:,} events, {count / len(logs):.0f}/client)",
+        f"{p50:.1f} ms",
+    )
     report.add(f"{label}: backup-progress latency p99", f"{p99:.1f} ms", f"< {goal_ms:.0f} ms", p99 < goal_ms)
     report.add(f"{label}: max", f"{max(latencies.total) * 1000:.1f} ms")
-    for part, values in (("script line → worker publish", latencies.to_publish),
-                         ("worker publish → client", latencies.to_client)):
-        report.add(f"{label}: of which {part}, p50 / p99",
-                   f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms")
-    for part, values in (("client event-loop lag (10 ms sleep overshoot)", latencies.client_lag),
-                         ("WebSocket ping RTT via the server loop", latencies.ping_rtt)):
-        report.add(f"{label}: {part}, p50 / p99",
-                   f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms")
+    for part, values in (
+        ("script line → worker publish", latencies.to_publish),
+        ("worker publish → client", latencies.to_client),
+    ):
+        report.add(
+            f"{label}: of which {part}, p50 / p99",
+            f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms",
+        )
+    for part, values in (
+        ("client event-loop lag (10 ms sleep overshoot)", latencies.client_lag),
+        ("WebSocket ping RTT via the server loop", latencies.ping_rtt),
+    ):
+        report.add(
+            f"{label}: {part}, p50 / p99",
+            f"{percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f} ms",
+        )
     report.add(f"{label}: serve process CPU while the run went on", f"{latencies.server_cpu:.0%} of a core")
     first = min(latencies.printed)
     for window in (0, 1, 2, 3):  # trend: median per quarter of the run
         low, high = first + window * SCRIPT_SECONDS / 4, first + (window + 1) * SCRIPT_SECONDS / 4
         part = [t for t, p in zip(latencies.total, latencies.printed, strict=True) if low <= p < high]
         if part:
-            report.add(f"{label}: p50 in quarter {window + 1} of the run",
-                       f"{percentile(part, 50) * 1000:.1f} ms")
-    report.add(f"{label}: clients that got backup-completed", f"{finished}/{len(logs)}", f"{len(logs)}",
-               finished == len(logs))
+            report.add(
+                f"{label}: p50 in quarter {window + 1} of the run", f"{percentile(part, 50) * 1000:.1f} ms"
+            )
+    report.add(
+        f"{label}: clients that got backup-completed",
+        f"{finished}/{len(logs)}",
+        f"{len(logs)}",
+        finished == len(logs),
+    )
 
 
 def main() -> int:
@@ -238,10 +255,14 @@ def main() -> int:
             measure(tmp / "redis", script, report, f"Redis ({REDIS_URL})", 150, REDIS_URL=REDIS_URL)
         else:
             report.add(f"Redis ({REDIS_URL})", "skipped: Redis not reachable", "< 150 ms", None)
-    report.note(f"script: a PROGRESS line every {LINE_INTERVAL * 1000:.0f} ms for {SCRIPT_SECONDS:.0f} s; "
-                "the service coalesces progress (≤ 1 event / 50 ms), so not every line becomes an event")
-    report.note("latency = client time.time() at arrival − ts printed by the script (same clock); the 50 "
-                "clients share one asyncio process, so their own scheduling is included")
+    report.note(
+        f"script: a PROGRESS line every {LINE_INTERVAL * 1000:.0f} ms for {SCRIPT_SECONDS:.0f} s; "
+        "the service coalesces progress (≤ 1 event / 50 ms), so not every line becomes an event"
+    )
+    report.note(
+        "latency = client time.time() at arrival − ts printed by the script (same clock); the 50 "
+        "clients share one asyncio process, so their own scheduling is included"
+    )
     print(report.render())
     return 0
 

@@ -26,8 +26,9 @@ PSQL = ["psql", "-X", "-q", "-h", HOST, "-p", PORT, "-U", "postgres"]
 
 
 def psql(sql: str, database: str = "postgres") -> None:
-    subprocess.run([*PSQL, "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*PSQL, "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 class ChildrenPeak:
@@ -61,8 +62,9 @@ class ChildrenPeak:
 
 def run_psql_f(dump: Path, database: str) -> tuple[float, int]:
     started = time.perf_counter()
-    process = subprocess.Popen([*PSQL, "-v", "ON_ERROR_STOP=1", "-d", database, "-f", str(dump)],
-                               stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*PSQL, "-v", "ON_ERROR_STOP=1", "-d", database, "-f", str(dump)], stdout=subprocess.DEVNULL
+    )
     with RssSampler(process.pid) as rss:
         code = process.wait()
     if code != 0:
@@ -102,8 +104,10 @@ def main() -> int:
             started = time.perf_counter()
             rows = write_dump(dump, args.mib)
             size = dump.stat().st_size
-            report.note(f"dump generated in {time.perf_counter() - started:.0f} s: {size / 1e9:.2f} GB, "
-                        f"{rows:,} rows in one table with one index (pg_dump's layout)")
+            report.note(
+                f"dump generated in {time.perf_counter() - started:.0f} s: {size / 1e9:.2f} GB, "
+                f"{rows:,} rows in one table with one index (pg_dump's layout)"
+            )
             with open(dump, "rb") as warm:  # page cache: both sides read the file from memory
                 while warm.read(1 << 24):
                     pass
@@ -132,18 +136,28 @@ def main() -> int:
                     psql(f'DROP DATABASE "{database}"')
                     made.remove(database)
             ratio = median(ours) / median(psql_times)
-            report.add(f"`psql -f` of the dump, median of {args.rounds}",
-                       f"{median(psql_times):.1f} s ({size / median(psql_times) / 1e6:.0f} MB/s)")
-            report.add(f"restore_dump() incl. target check and row counts, median of {args.rounds}",
-                       f"{median(ours):.1f} s ({size / median(ours) / 1e6:.0f} MB/s)")
+            report.add(
+                f"`psql -f` of the dump, median of {args.rounds}",
+                f"{median(psql_times):.1f} s ({size / median(psql_times) / 1e6:.0f} MB/s)",
+            )
+            report.add(
+                f"restore_dump() incl. target check and row counts, median of {args.rounds}",
+                f"{median(ours):.1f} s ({size / median(ours) / 1e6:.0f} MB/s)",
+            )
             report.add("restore_dump / psql -f", f"{ratio:.2f}×", "≤ 1.2×", ratio <= 1.2)
             report.add("restore_dump: peak RSS of the restoring process", f"{max(peaks):.0f} MB")
-            report.add("restore_dump: RSS growth of the restoring process", f"{max(growths):.1f} MB",
-                       "flat (< 50 MB)", max(growths) < 50)
+            report.add(
+                "restore_dump: RSS growth of the restoring process",
+                f"{max(growths):.1f} MB",
+                "flat (< 50 MB)",
+                max(growths) < 50,
+            )
             report.add("restore_dump: peak RSS of its psql", f"{max(child_peaks) / 1024:.0f} MiB")
             report.add("psql -f: peak RSS of psql", f"{max(psql_peaks) / 1024:.0f} MiB")
-            report.note("restore_dump runs the dump inside one transaction (BEGIN … COMMIT, see "
-                        "backups/verification/pg.py); psql -f runs it in autocommit")
+            report.note(
+                "restore_dump runs the dump inside one transaction (BEGIN … COMMIT, see "
+                "backups/verification/pg.py); psql -f runs it in autocommit"
+            )
     finally:
         for database in made:
             psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -177,21 +177,33 @@ def main() -> int:
             quicks.append(seconds)
             quick_growth.append(growth)
         ratio = median(quicks) / median(sums)
-        report.add(f"`sha256sum` of the files, median of {args.rounds}", f"{median(sums):.2f} s "
-                   f"({total / median(sums) / 1e6:.0f} MB/s)")
-        report.add(f"quick verify, median of {args.rounds}", f"{median(quicks):.2f} s "
-                   f"({total / median(quicks) / 1e6:.0f} MB/s)")
+        report.add(
+            f"`sha256sum` of the files, median of {args.rounds}",
+            f"{median(sums):.2f} s ({total / median(sums) / 1e6:.0f} MB/s)",
+        )
+        report.add(
+            f"quick verify, median of {args.rounds}",
+            f"{median(quicks):.2f} s ({total / median(quicks) / 1e6:.0f} MB/s)",
+        )
         report.add("quick verify / sha256sum", f"{ratio:.2f}×", "≤ 1.2×", ratio <= 1.2)
-        report.add("quick verify: RSS growth (max of rounds)", f"{max(quick_growth):.1f} MB", "< 50 MB",
-                   max(quick_growth) < 50)
+        report.add(
+            "quick verify: RSS growth (max of rounds)",
+            f"{max(quick_growth):.1f} MB",
+            "< 50 MB",
+            max(quick_growth) < 50,
+        )
 
         seconds, growth, verdict, opener = timed_verify(folder, level="deep")
         once = all(opener.opens.get(p) == 1 for p, _ in files) and all(
             opener.bytes.get(p, 0) == size for p, size in files
         )
         report.add("deep verify (no restore-test)", f"{seconds:.2f} s ({total / seconds / 1e6:.0f} MB/s)")
-        report.add("deep verify: each file opened once, every byte read once", "yes" if once else "no",
-                   "each file once", once)
+        report.add(
+            "deep verify: each file opened once, every byte read once",
+            "yes" if once else "no",
+            "each file once",
+            once,
+        )
         report.add("deep verify: RSS growth", f"{growth:.1f} MB", "< 50 MB", growth < 50)
         if not verdict.ok:
             report.note(f"deep verify problems: {verdict.problems}")
@@ -208,15 +220,28 @@ def main() -> int:
                 once = all(opener.opens.get(p) == 1 for p, _ in files)
                 [database] = verdict.databases
                 report.add("deep verify with restore-test of the dump", f"{seconds:.2f} s")
-                report.add("  restore-test: tables / rows / seconds",
-                           f"{len(database.tables)} / {database.rows:,} / {database.seconds:.1f} s",
-                           "ok", database.ok)
-                report.add("deep verify with restore-test: each file opened once", "yes" if once else "no",
-                           "each file once", once)
-                report.add("deep verify with restore-test: RSS growth (this process)", f"{growth:.1f} MB",
-                           "< 50 MB", growth < 50)
-    report.note("page cache warm for both sides; sha256sum is coreutils' (no SHA-NI here), Python's hashlib "
-                "uses OpenSSL")
+                report.add(
+                    "  restore-test: tables / rows / seconds",
+                    f"{len(database.tables)} / {database.rows:,} / {database.seconds:.1f} s",
+                    "ok",
+                    database.ok,
+                )
+                report.add(
+                    "deep verify with restore-test: each file opened once",
+                    "yes" if once else "no",
+                    "each file once",
+                    once,
+                )
+                report.add(
+                    "deep verify with restore-test: RSS growth (this process)",
+                    f"{growth:.1f} MB",
+                    "< 50 MB",
+                    growth < 50,
+                )
+    report.note(
+        "page cache warm for both sides; sha256sum is coreutils' (no SHA-NI here), Python's hashlib "
+        "uses OpenSSL"
+    )
     print(report.render())
     return 0
 

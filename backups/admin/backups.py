@@ -6,12 +6,14 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -23,6 +25,7 @@ from backups.catalogue.services import backup_delete, backup_set_pinned, deletio
 from backups.download_links import signed_download_url
 from backups.errors import ServiceError
 from backups.runs.selectors import current_run
+from backups.verification.services import verification_request
 
 FILES_SHOWN = 500
 
@@ -62,6 +65,7 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             {"fields": ("id", "created_at", "status_badge", "type", "description", "started_by", "run_link")},
         ),
         ("Contents", {"fields": ("size", "file_count", "files_table")}),
+        ("Verification", {"fields": ("verification_summary",)}),
         ("Flags", {"fields": ("is_latest", "pinned", "verified", "synced_at")}),
     )
     readonly_fields = (
@@ -75,6 +79,7 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         "size",
         "file_count",
         "files_table",
+        "verification_summary",
         "is_latest",
         "pinned",
         "verified",
@@ -103,6 +108,7 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         context = {**(extra_context or {})}
         if backup is not None and backup.status != "running":
             context["download_url"] = signed_download_url(backup.id, request.user)
+            context["verify_url"] = reverse("admin:backups_backup_verify", args=[quote(backup.id)])
         return super().change_view(request, object_id, form_url, context)
 
     def get_list_display(self, request: HttpRequest) -> tuple[Any, ...]:
@@ -116,6 +122,86 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             )
 
         return (*self.list_display, download)
+
+    def get_urls(self) -> list[URLPattern]:
+        # Before the defaults: their `<path:object_id>/` would swallow this.
+        return [
+            path(
+                "<path:object_id>/verify/",
+                self.admin_site.admin_view(self.verify_view),
+                name="backups_backup_verify",
+            ),
+            *super().get_urls(),
+        ]
+
+    def verify_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The same service as `POST /api/backup/<id>/verify`: a verify run in the one-at-a-time lane."""
+        if not self.has_view_permission(request) or request.method != "POST":
+            raise PermissionDenied
+        backup_id = unquote(object_id)
+        level = "quick" if request.POST.get("level") == "quick" else "deep"
+        try:
+            run = verification_request(backup_id=backup_id, level=level, actor=Actor.from_request(request))
+        except ServiceError as error:
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                format_html(
+                    'A {} verification of {} is queued (run <a href="{}">{}</a>); follow it on the '
+                    '<a href="{}">live dashboard</a>.',
+                    level,
+                    backup_id,
+                    reverse("admin:backups_run_change", args=[run.id]),
+                    str(run.id)[:8],
+                    reverse("dashboard"),
+                ),
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:backups_backup_change", args=[quote(backup_id)]))
+
+    @admin.display(description="Verification")
+    def verification_summary(self, backup: Backup) -> str:
+        details = backup.verification or {}
+        when = (
+            f"{timezone.localtime(backup.verified_at):%Y-%m-%d %H:%M:%S %Z}"
+            if backup.verified_at
+            else "never"
+        )
+        head = format_html(
+            "{} {} · {}{}",
+            badge(backup.verification_status),
+            backup.verification_level or "",
+            when,
+            format_html(" · a {} check is owed", backup.verification_due) if backup.verification_due else "",
+        )
+        problems = format_html_join("", "<li>{}</li>", ((p,) for p in details.get("problems", [])[:100]))
+        databases = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{} s</td></tr>",
+            (
+                (
+                    d.get("dump"),
+                    "ok" if d.get("ok") else "failed",
+                    d.get("tables"),
+                    d.get("rows"),
+                    d.get("seconds"),
+                )
+                for d in details.get("databases", [])
+            ),
+        )
+        return format_html(
+            "<p>{}</p>{}{}",
+            head,
+            format_html("<ul>{}</ul>", problems) if problems else "",
+            format_html(
+                "<table><thead><tr><th>Restore-test of</th><th>Result</th><th>Tables</th><th>Rows</th>"
+                "<th>Took</th></tr></thead><tbody>{}</tbody></table>",
+                databases,
+            )
+            if databases
+            else "",
+        )
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, backup: Backup) -> SafeString:
@@ -141,7 +227,10 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             )
             if on
         ]
-        return format_html_join(" ", FLAG_HTML, ((name,) for name in names)) or "—"
+        flags = format_html_join(" ", FLAG_HTML, ((name,) for name in names))
+        if backup.verification_status == "failed":
+            flags = format_html("{} {}", flags, badge("verification failed", colour="failed"))
+        return flags or "—"
 
     @admin.display(description="Run")
     def run_link(self, backup: Backup) -> str:

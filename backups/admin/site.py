@@ -30,6 +30,7 @@ BADGE_COLOURS = {
     "interrupted": "#e65100",
     "refused": "#e65100",
     "skipped": "#757575",
+    "never": "#757575",
 }
 
 
@@ -39,11 +40,12 @@ FLAG_HTML = (
 )
 
 
-def badge(value: str) -> SafeString:
+def badge(value: str, *, colour: str | None = None) -> SafeString:
+    """A coloured status label; `colour` names the status whose colour to borrow."""
     return format_html(
         '<span style="display:inline-block;padding:1px 8px;border-radius:9px;background:{};color:#fff;'
         'font-size:11px;font-weight:600;letter-spacing:.03em;text-transform:uppercase">{}</span>',
-        BADGE_COLOURS.get(value, "#757575"),
+        BADGE_COLOURS.get(colour or value, "#757575"),
         value,
     )
 

@@ -32,8 +32,10 @@ def recipient_problems(values: Sequence[object]) -> list[str]:
         if not isinstance(value, str):
             problems.append(f"{where} must be a string")
         elif value.strip().upper().startswith(_SECRET_PREFIX):
-            problems.append(f"{where} is a private key (AGE-SECRET-KEY-…): give its public key (age1…), "
-                            "and keep the private key off this server")
+            problems.append(
+                f"{where} is a private key (AGE-SECRET-KEY-…): give its public key (age1…), "
+                "and keep the private key off this server"
+            )
         elif not value.strip().startswith("age1"):
             problems.append(f"{where} is not an age public key (age1…)")
         else:
@@ -137,8 +139,7 @@ class _GuardedWriter(io.RawIOBase):
         return len(data)
 
 
-def _run(operation: Any, source: BinaryIO, target: BinaryIO, keys: list[Any],
-         translate: Any) -> None:
+def _run(operation: Any, source: BinaryIO, target: BinaryIO, keys: list[Any], translate: Any) -> None:
     """pyrage's streaming call through 1 MiB buffers on both sides. A callback's own exception comes out
     as itself; pyrage's own errors go through `translate`."""
     raw_reader, raw_writer = _GuardedReader(source), _GuardedWriter(target)
@@ -159,8 +160,13 @@ def _run(operation: Any, source: BinaryIO, target: BinaryIO, keys: list[Any],
 def encrypt_stream(source: BinaryIO, target: BinaryIO, recipients: Sequence[x25519.Recipient]) -> None:
     """Streams `source` into `target` as one age file (memory stays flat: 1 MiB buffers). An exception
     raised by `source.read` or `target.write` comes out as itself."""
-    _run(pyrage.encrypt_io, source, target, list(recipients),
-         lambda error: RecipientError(f"age encryption failed: {error}"))
+    _run(
+        pyrage.encrypt_io,
+        source,
+        target,
+        list(recipients),
+        lambda error: RecipientError(f"age encryption failed: {error}"),
+    )
 
 
 def decrypt_stream(source: BinaryIO, target: BinaryIO, identities: Sequence[x25519.Identity]) -> None:

@@ -93,7 +93,7 @@ def parse_backups_key(rel: str) -> tuple[str, str, bool] | None:
     False); anything else None."""
     if not rel.startswith(BACKUPS):
         return None
-    name = rel[len(BACKUPS):]
+    name = rel[len(BACKUPS) :]
     for suffix, kind, encrypted in (
         (MANIFEST_SUFFIX + AGE_SUFFIX, "manifest", True),
         (MANIFEST_SUFFIX, "manifest", False),
@@ -111,7 +111,7 @@ def parse_object_key(rel: str) -> tuple[str, bool] | None:
     """`objects/<sha256>[.age]` → (sha256, encrypted); anything else None."""
     if not rel.startswith(OBJECTS):
         return None
-    name = rel[len(OBJECTS):]
+    name = rel[len(OBJECTS) :]
     encrypted = name.endswith(AGE_SUFFIX)
     digest = name[: -len(AGE_SUFFIX)] if encrypted else name
     return (digest, encrypted) if _SHA256.fullmatch(digest) else None
@@ -254,16 +254,22 @@ Without jq, the same with python3:
 
 def export_readme(backup_id: str, manifest: str, *, encrypted: bool) -> str:
     """The README of a download made of a backup's objects as the store holds them."""
-    decrypt = 'age -d -i key.txt' if encrypted else 'cat'
+    decrypt = "age -d -i key.txt" if encrypted else "cat"
     suffix = AGE_SUFFIX if encrypted else ""
     return f"""\
 Backup {backup_id}, as stored off site
-{'=' * (len(backup_id) + 25)}
+{"=" * (len(backup_id) + 25)}
 
-{'Every file here is encrypted with age (https://age-encryption.org; Debian/Ubuntu: apt install age).'
- if encrypted else 'The files here are not encrypted.'}
-{'You need the private key matching the service encryptionRecipients (saved as key.txt below).'
- if encrypted else ''}
+{
+        "Every file here is encrypted with age (https://age-encryption.org; Debian/Ubuntu: apt install age)."
+        if encrypted
+        else "The files here are not encrypted."
+    }
+{
+        "You need the private key matching the service encryptionRecipients (saved as key.txt below)."
+        if encrypted
+        else ""
+    }
 
   {manifest}   the list of the backup's files: path, size, sha256
   objects/<sha256>{suffix}   one file's content, named by the sha256 of its plaintext

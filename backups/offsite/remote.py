@@ -68,19 +68,22 @@ def list_backups(store: StoreSettings | Store) -> list[RemoteBackup]:
     found = []
     for backup_id in sorted(set(manifests) | set(indexes)):
         manifest = manifests.get(backup_id)
-        found.append(RemoteBackup(
-            backup_id=backup_id,
-            complete=manifest is not None,
-            encrypted=manifest[1] if manifest else False,
-            manifest_key=manifest[0] if manifest else None,
-            index_key=indexes.get(backup_id),
-            last_modified=manifest[2] if manifest else None,
-        ))
+        found.append(
+            RemoteBackup(
+                backup_id=backup_id,
+                complete=manifest is not None,
+                encrypted=manifest[1] if manifest else False,
+                manifest_key=manifest[0] if manifest else None,
+                index_key=indexes.get(backup_id),
+                last_modified=manifest[2] if manifest else None,
+            )
+        )
     return found
 
 
-def fetch_manifest(store: StoreSettings | Store, backup_id: str,
-                   identities: Identities | None = None) -> Manifest:
+def fetch_manifest(
+    store: StoreSettings | Store, backup_id: str, identities: Identities | None = None
+) -> Manifest:
     """A backup's manifest, decrypted with `identities` when it is encrypted. NotFound-like
     OffsiteError when the bucket holds no manifest for it (an unfinished copy has none)."""
     client = connect(store)
@@ -91,8 +94,10 @@ def fetch_manifest(store: StoreSettings | Store, backup_id: str,
         data = client.get_bytes(key, layout.MANIFEST_MAX_BYTES)
         if encrypted:
             if not identities:
-                raise IdentityError(f"the manifest of {backup_id} is encrypted: an age identity is needed "
-                                    "(OFFSITE_IDENTITY_FILE)")
+                raise IdentityError(
+                    f"the manifest of {backup_id} is encrypted: an age identity is needed "
+                    "(OFFSITE_IDENTITY_FILE)"
+                )
             data = crypto.decrypt_bytes(data, identities)
         manifest = Manifest.from_json(data)
         if manifest.backup_id != backup_id:
@@ -113,8 +118,13 @@ def fetch_index(store: StoreSettings | Store, backup_id: str) -> set[str] | None
 # --- file contents --------------------------------------------------------------------------------------
 
 
-def open_remote_file(store: StoreSettings | Store, item: ManifestFile, identities: Identities | None = None,
-                     *, encrypted: bool | None = None) -> BinaryIO:
+def open_remote_file(
+    store: StoreSettings | Store,
+    item: ManifestFile,
+    identities: Identities | None = None,
+    *,
+    encrypted: bool | None = None,
+) -> BinaryIO:
     """One file of a copy as a readable binary stream of its plaintext. The sha256 and size are checked
     as it is read: the read that reaches the end raises IntegrityError if they differ. Close it."""
     client = connect(store)
@@ -126,8 +136,9 @@ def open_remote_file(store: StoreSettings | Store, item: ManifestFile, identitie
     return _CheckedReader(source, item)  # type: ignore[return-value]
 
 
-def iter_files(store: StoreSettings | Store, manifest: Manifest,
-               identities: Identities | None = None) -> Iterator[tuple[ManifestFile, BinaryIO]]:
+def iter_files(
+    store: StoreSettings | Store, manifest: Manifest, identities: Identities | None = None
+) -> Iterator[tuple[ManifestFile, BinaryIO]]:
     """Each file of a copy with its plaintext stream, in manifest order (each closed when the next is
     asked for)."""
     client = connect(store)
@@ -137,9 +148,14 @@ def iter_files(store: StoreSettings | Store, manifest: Manifest,
             yield item, stream
 
 
-def download_file(store: StoreSettings | Store, item: ManifestFile, target: BinaryIO,
-                  identities: Identities | None = None, *,
-                  should_stop: Callable[[], bool] | None = None) -> int:
+def download_file(
+    store: StoreSettings | Store,
+    item: ManifestFile,
+    target: BinaryIO,
+    identities: Identities | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
     """Writes one file's plaintext into `target` (for a restore); returns its size."""
     written = 0
     with contextlib.closing(open_remote_file(store, item, identities)) as source:
@@ -201,8 +217,9 @@ class _DecryptingReader:
         self.closed = False
         self.failure: BaseException | None = None
         self.finished = False
-        self.thread = threading.Thread(target=self._run, args=(list(identities),), name="offsite-decrypt",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, args=(list(identities),), name="offsite-decrypt", daemon=True
+        )
         self.thread.start()
 
     def _run(self, identities: list[x25519.Identity]) -> None:
@@ -282,8 +299,9 @@ def plan_export(store: StoreSettings | Store, backup_id: str) -> list[ExportMemb
     index = fetch_index(client, backup_id)
     if index is None:
         if remote.encrypted:
-            raise IntegrityError(f"the copy of {backup_id} has no object index: it cannot be listed "
-                                 "without its age identity")
+            raise IntegrityError(
+                f"the copy of {backup_id} has no object index: it cannot be listed without its age identity"
+            )
         index = set(fetch_manifest(client, backup_id).object_keys)
     manifest_name = layout.manifest_key(backup_id, encrypted=remote.encrypted).rsplit("/", 1)[-1]
     readme = layout.export_readme(backup_id, manifest_name, encrypted=remote.encrypted).encode()
@@ -314,8 +332,11 @@ def delete_backup(store: StoreSettings | Store, backup_id: str) -> bool:
     there."""
     client = connect(store)
     existed = False
-    keys = (layout.manifest_key(backup_id, encrypted=True), layout.manifest_key(backup_id, encrypted=False),
-            layout.index_key(backup_id))
+    keys = (
+        layout.manifest_key(backup_id, encrypted=True),
+        layout.manifest_key(backup_id, encrypted=False),
+        layout.index_key(backup_id),
+    )
     for key in keys:
         full = client.settings.key(key)
         if client.head(full) is not None:
@@ -334,13 +355,19 @@ class GcResult:
     problems: tuple[str, ...]  # why nothing was deleted, if so
 
     def as_dict(self) -> dict[str, Any]:
-        return {"referenced_objects": self.referenced_objects, "kept_objects": self.kept_objects,
-                "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes,
-                "aborted_uploads": self.aborted_uploads, "problems": list(self.problems)}
+        return {
+            "referenced_objects": self.referenced_objects,
+            "kept_objects": self.kept_objects,
+            "deleted_objects": self.deleted_objects,
+            "deleted_bytes": self.deleted_bytes,
+            "aborted_uploads": self.aborted_uploads,
+            "problems": list(self.problems),
+        }
 
 
-def referenced_objects(store: StoreSettings | Store, identities: Identities | None = None
-                       ) -> tuple[set[str], list[str]]:
+def referenced_objects(
+    store: StoreSettings | Store, identities: Identities | None = None
+) -> tuple[set[str], list[str]]:
     """Object keys (relative) named by any backup's index or manifest, and problems: backups whose
     references could not be read (then nothing may be deleted)."""
     client = connect(store)
@@ -412,15 +439,22 @@ def garbage_collect(
 # --- the service's own documents ------------------------------------------------------------------------
 
 
-def upload_service_document(store: StoreSettings | Store, name: str, source: BinaryIO,
-                            recipients: Sequence[str], *, state_dir: Path,
-                            part_size: int = DEFAULT_PART_SIZE) -> int:
+def upload_service_document(
+    store: StoreSettings | Store,
+    name: str,
+    source: BinaryIO,
+    recipients: Sequence[str],
+    *,
+    state_dir: Path,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> int:
     """Stores `service/<name>.age` (name: "config.json" or "audit.jsonl"), replacing the previous one;
     returns the bytes sent. Always encrypted: the audit trail and the config (notification URLs may hold
     tokens) must not sit in a bucket in clear, so no recipients is a RecipientError."""
     if not recipients:
-        raise RecipientError("the service's own documents are only stored encrypted: "
-                             "set encryptionRecipients")
+        raise RecipientError(
+            "the service's own documents are only stored encrypted: set encryptionRecipients"
+        )
     parsed = crypto.parse_recipients(list(recipients))
     client = connect(store)
     key = client.settings.key(layout.service_key(name))
@@ -437,40 +471,71 @@ def upload_service_document(store: StoreSettings | Store, name: str, source: Bin
         return size
 
 
-def _put_multipart(client: Store, key: str, source: BinaryIO, part_size: int,
-                   metadata: Mapping[str, str]) -> None:
-    upload_id = client.call("CreateMultipartUpload", client.client.create_multipart_upload,
-                            Bucket=client.bucket, Key=key, Metadata=dict(metadata))["UploadId"]
+def _put_multipart(
+    client: Store, key: str, source: BinaryIO, part_size: int, metadata: Mapping[str, str]
+) -> None:
+    upload_id = client.call(
+        "CreateMultipartUpload",
+        client.client.create_multipart_upload,
+        Bucket=client.bucket,
+        Key=key,
+        Metadata=dict(metadata),
+    )["UploadId"]
     parts = []
     try:
         number = 0
         while data := source.read(part_size):
             number += 1
-            answer = client.call("UploadPart", client.client.upload_part, Bucket=client.bucket, Key=key,
-                                 UploadId=upload_id, PartNumber=number, Body=data)
+            answer = client.call(
+                "UploadPart",
+                client.client.upload_part,
+                Bucket=client.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+            )
             parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        client.call("CompleteMultipartUpload", client.client.complete_multipart_upload, Bucket=client.bucket,
-                    Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        client.call(
+            "CompleteMultipartUpload",
+            client.client.complete_multipart_upload,
+            Bucket=client.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
     except BaseException:
         with contextlib.suppress(OffsiteError):
             client.abort(key, upload_id)
         raise
 
 
-def upload_config(store: StoreSettings | Store, document: Mapping[str, Any], recipients: Sequence[str], *,
-                  state_dir: Path) -> int:
+def upload_config(
+    store: StoreSettings | Store, document: Mapping[str, Any], recipients: Sequence[str], *, state_dir: Path
+) -> int:
     body = json.dumps(dict(document), indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
-    return upload_service_document(store, layout.SERVICE_CONFIG, io.BytesIO(body), recipients,
-                                   state_dir=state_dir)
+    return upload_service_document(
+        store, layout.SERVICE_CONFIG, io.BytesIO(body), recipients, state_dir=state_dir
+    )
 
 
-def upload_audit_export(store: StoreSettings | Store, events: Iterable[Mapping[str, Any]] | BinaryIO,
-                        recipients: Sequence[str], *, state_dir: Path) -> int:
+def upload_audit_export(
+    store: StoreSettings | Store,
+    events: Iterable[Mapping[str, Any]] | BinaryIO,
+    recipients: Sequence[str],
+    *,
+    state_dir: Path,
+) -> int:
     """The audit log as JSON lines: from an open binary stream, or from an iterable of documents
     (serialised one per line, streamed: a large log is never held in memory)."""
     source = events if hasattr(events, "read") else _JsonLines(events)  # type: ignore[arg-type]
-    return upload_service_document(store, layout.SERVICE_AUDIT, source, recipients,  # type: ignore[arg-type]
-                                   state_dir=state_dir)
+    return upload_service_document(
+        store,
+        layout.SERVICE_AUDIT,
+        source,
+        recipients,  # type: ignore[arg-type]
+        state_dir=state_dir,
+    )
 
 
 class _JsonLines:
@@ -489,8 +554,9 @@ class _JsonLines:
         return data
 
 
-def fetch_service_document(store: StoreSettings | Store, name: str, identities: Identities,
-                           target: BinaryIO) -> int:
+def fetch_service_document(
+    store: StoreSettings | Store, name: str, identities: Identities, target: BinaryIO
+) -> int:
     """Decrypts `service/<name>.age` into `target`; returns the plaintext size."""
     client = connect(store)
     key = client.settings.key(layout.service_key(name))
@@ -560,8 +626,9 @@ def rebuild(store: StoreSettings | Store, identities: Identities | None = None) 
     client = connect(store)
     remotes = list_backups(client)
     if any(remote.encrypted for remote in remotes) and not identities:
-        raise IdentityError("the copies are encrypted: rebuilding needs the age identity "
-                            "(OFFSITE_IDENTITY_FILE)")
+        raise IdentityError(
+            "the copies are encrypted: rebuilding needs the age identity (OFFSITE_IDENTITY_FILE)"
+        )
     present = {client.settings.rel(item["Key"]) for item in client.list(layout.OBJECTS)}
     manifests = []
     missing: dict[str, tuple[str, ...]] = {}

@@ -93,7 +93,7 @@ class StoreSettings:
         return self.root + rel
 
     def rel(self, key: str) -> str:
-        return key[len(self.root):] if key.startswith(self.root) else key
+        return key[len(self.root) :] if key.startswith(self.root) else key
 
     @property
     def safe_endpoint(self) -> str:
@@ -214,8 +214,15 @@ class Store:
                 return None
             raise
 
-    def put(self, key: str, body: bytes, *, metadata: Mapping[str, str] | None = None,
-            storage_class: str = "", content_type: str = "application/octet-stream") -> dict[str, Any]:
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        storage_class: str = "",
+        content_type: str = "application/octet-stream",
+    ) -> dict[str, Any]:
         extra: dict[str, Any] = {"Metadata": dict(metadata or {}), "ContentType": content_type}
         if storage_class:
             extra["StorageClass"] = storage_class
@@ -230,13 +237,17 @@ class Store:
         try:
             data = body.read(limit + 1)
         except (botocore.exceptions.BotoCoreError, OSError) as error:
-            raise StoreError(self.settings.mask(f"GetObject {key} failed: {error}"),
-                             code=type(error).__name__, operation="GetObject") from None
+            raise StoreError(
+                self.settings.mask(f"GetObject {key} failed: {error}"),
+                code=type(error).__name__,
+                operation="GetObject",
+            ) from None
         finally:
             body.close()
         if len(data) > limit:
-            raise StoreError(f"GetObject {key}: larger than {limit} bytes", code="TooLarge",
-                             operation="GetObject")
+            raise StoreError(
+                f"GetObject {key}: larger than {limit} bytes", code="TooLarge", operation="GetObject"
+            )
         return data
 
     def list(self, rel_prefix: str) -> Iterator[dict[str, Any]]:
@@ -258,16 +269,24 @@ class Store:
         """Deletes keys 1000 at a time (the S3 batch limit); returns how many the store confirmed."""
         deleted = 0
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start:start + 1000]]
-            answer = self.call("DeleteObjects", self.client.delete_objects, Bucket=self.bucket,
-                               Delete={"Objects": batch, "Quiet": True})
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            answer = self.call(
+                "DeleteObjects",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
             errors = answer.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise StoreError(self.settings.mask(
-                    f"DeleteObjects refused {len(errors)} of {len(batch)} keys: "
-                    f"{first.get('Code')} ({first.get('Key')})"), code=str(first.get("Code")),
-                    operation="DeleteObjects")
+                raise StoreError(
+                    self.settings.mask(
+                        f"DeleteObjects refused {len(errors)} of {len(batch)} keys: "
+                        f"{first.get('Code')} ({first.get('Key')})"
+                    ),
+                    code=str(first.get("Code")),
+                    operation="DeleteObjects",
+                )
             deleted += len(batch)
         return deleted
 
@@ -296,8 +315,14 @@ class Store:
         found: dict[int, dict[str, Any]] = {}
         marker = 0
         while True:
-            page = self.call("ListParts", self.client.list_parts, Bucket=self.bucket, Key=key,
-                             UploadId=upload_id, PartNumberMarker=marker)
+            page = self.call(
+                "ListParts",
+                self.client.list_parts,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumberMarker=marker,
+            )
             for part in page.get("Parts", []):
                 found[int(part["PartNumber"])] = part
             if not page.get("IsTruncated"):
@@ -309,8 +334,13 @@ class Store:
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
-            self.call("AbortMultipartUpload", self.client.abort_multipart_upload, Bucket=self.bucket,
-                      Key=key, UploadId=upload_id)
+            self.call(
+                "AbortMultipartUpload",
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
         except StoreError as error:
             if error.code not in _MISSING and error.code != "NoSuchUpload":
                 raise

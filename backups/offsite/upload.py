@@ -157,8 +157,15 @@ def upload_backup(
     state_dir.mkdir(parents=True, exist_ok=True)
     client = connect(store, max_connections=concurrency + 4)
     session = _Session(
-        client, state_dir, parsed, [value.strip() for value in recipients], part_size, concurrency,
-        on_progress or _no_progress, should_stop or _never, sum(size for _, size in files),
+        client,
+        state_dir,
+        parsed,
+        [value.strip() for value in recipients],
+        part_size,
+        concurrency,
+        on_progress or _no_progress,
+        should_stop or _never,
+        sum(size for _, size in files),
     )
     try:
         manifest = session.run(backup_id, files, open_file, dict(metadata), dict(hashes or {}))
@@ -269,8 +276,13 @@ class PendingUpload:
     path: Path = field(compare=False)
 
     def save(self) -> None:
-        document = {"key": self.key, "upload_id": self.upload_id, "part_size": self.part_size,
-                    "bucket": self.bucket, "staged": self.staged}
+        document = {
+            "key": self.key,
+            "upload_id": self.upload_id,
+            "part_size": self.part_size,
+            "bucket": self.bucket,
+            "staged": self.staged,
+        }
         _atomic_write(self.path, json.dumps(document).encode())
 
 
@@ -301,9 +313,14 @@ def pending_uploads(state_dir: Path) -> list[PendingUpload]:
 def _load_pending(path: Path) -> PendingUpload | None:
     try:
         document = json.loads(path.read_bytes())
-        return PendingUpload(key=str(document["key"]), upload_id=str(document["upload_id"]),
-                             part_size=int(document["part_size"]), bucket=str(document["bucket"]),
-                             staged=bool(document.get("staged")), path=path)
+        return PendingUpload(
+            key=str(document["key"]),
+            upload_id=str(document["upload_id"]),
+            part_size=int(document["part_size"]),
+            bucket=str(document["bucket"]),
+            staged=bool(document.get("staged")),
+            path=path,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -336,8 +353,9 @@ class _HashingReader:
     """Reads a file once in order, hashing what it hands out (unless `verify` is false: a file this call
     hashed and whose signature is unchanged); `finish()` checks size and sha256."""
 
-    def __init__(self, handle: BinaryIO, verify: bool = True, *, rel_path: str, size: int,
-                 sha256: str) -> None:
+    def __init__(
+        self, handle: BinaryIO, verify: bool = True, *, rel_path: str, size: int, sha256: str
+    ) -> None:
         self.handle = handle
         self.rel_path = rel_path
         self.size = size
@@ -430,8 +448,9 @@ class _StagedSource:
         source.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return source
 
-    def start(self, handle: BinaryIO, rel_path: str, size: int, sha256: str, verify: bool,
-              recipients: Sequence[str]) -> None:
+    def start(
+        self, handle: BinaryIO, rel_path: str, size: int, sha256: str, verify: bool, recipients: Sequence[str]
+    ) -> None:
         """Starts encrypting `handle` (just opened) into the staging file. A regular file's descriptor
         becomes the child's stdin; anything else is fed through a pipe by a thread."""
         with contextlib.suppress(FileNotFoundError):
@@ -441,15 +460,20 @@ class _StagedSource:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, str(ENCRYPTOR), *([] if verify else ["--no-hash"]), *recipients],
-                stdin=subprocess.PIPE if source_fd is None else source_fd, stdout=self.fd,
+                stdin=subprocess.PIPE if source_fd is None else source_fd,
+                stdout=self.fd,
                 stderr=subprocess.PIPE,
             )
         except OSError as error:
             handle.close()
             raise OffsiteError(f"cannot start the encryptor process: {error.strerror or error}") from None
         expected = (rel_path, size, sha256 if verify else None)
-        self.thread = threading.Thread(target=self._watch, args=(handle, source_fd is None, expected),
-                                       name="offsite-encrypt", daemon=True)
+        self.thread = threading.Thread(
+            target=self._watch,
+            args=(handle, source_fd is None, expected),
+            name="offsite-encrypt",
+            daemon=True,
+        )
         self.thread.start()
 
     def _watch(self, handle: BinaryIO, feed: bool, expected: tuple[str, int, str | None]) -> None:
@@ -610,8 +634,14 @@ class _Session:
 
     # --- the flow
 
-    def run(self, backup_id: str, files: list[tuple[str, int]], open_file: Opener,
-            metadata: dict[str, Any], hashes: dict[str, str]) -> Manifest:
+    def run(
+        self,
+        backup_id: str,
+        files: list[tuple[str, int]],
+        open_file: Opener,
+        metadata: dict[str, Any],
+        hashes: dict[str, str],
+    ) -> Manifest:
         for rel_path, digest in hashes.items():
             if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
                 raise IntegrityError(f"the given sha256 of {rel_path} is not a sha256")
@@ -660,8 +690,9 @@ class _Session:
         if head is None:
             return False
         meta = {name.lower(): value for name, value in (head.get("Metadata") or {}).items()}
-        wanted = meta.get(META_SHA256) == digest and (not self.encrypted or meta.get(META_RECIPIENTS)
-                                                       == self.fingerprint)
+        wanted = meta.get(META_SHA256) == digest and (
+            not self.encrypted or meta.get(META_RECIPIENTS) == self.fingerprint
+        )
         if wanted:
             pending = self._pending(key)
             if pending is not None:
@@ -685,8 +716,9 @@ class _Session:
         if self.encrypted:
             body = crypto.encrypt_bytes(body, self.recipients)
         key = self.store.settings.key(layout.manifest_key(manifest.backup_id, encrypted=self.encrypted))
-        self.store.put(key, body, content_type="application/octet-stream" if self.encrypted else
-                       "application/json")
+        self.store.put(
+            key, body, content_type="application/octet-stream" if self.encrypted else "application/json"
+        )
         self._count_sent(len(body))
         other = self.store.settings.key(layout.manifest_key(manifest.backup_id, encrypted=not self.encrypted))
         if self.store.head(other) is not None:
@@ -703,8 +735,9 @@ class _Session:
 
     # --- sending one file
 
-    def _send_file(self, key: str, rel_path: str, size: int, digest: str, open_file: _Opened,
-                   label: str) -> None:
+    def _send_file(
+        self, key: str, rel_path: str, size: int, digest: str, open_file: _Opened, label: str
+    ) -> None:
         full_key = self.store.settings.key(key)
         meta = self._metadata(digest, size)
         if size <= self.part_size:
@@ -716,8 +749,9 @@ class _Session:
         self.uploaded_keys.add(key)
         self.objects_uploaded += 1
 
-    def _send_small(self, full_key: str, rel_path: str, size: int, digest: str, open_file: _Opened,
-                    meta: dict[str, str]) -> None:
+    def _send_small(
+        self, full_key: str, rel_path: str, size: int, digest: str, open_file: _Opened, meta: dict[str, str]
+    ) -> None:
         self._take_slot()
         try:
             handle, verify = open_file(rel_path)
@@ -739,8 +773,17 @@ class _Session:
         self._submit(send)
         self.current_plain = size
 
-    def _send_plain(self, full_key: str, key: str, rel_path: str, size: int, digest: str,
-                    open_file: _Opened, meta: dict[str, str], label: str) -> None:
+    def _send_plain(
+        self,
+        full_key: str,
+        key: str,
+        rel_path: str,
+        size: int,
+        digest: str,
+        open_file: _Opened,
+        meta: dict[str, str],
+        label: str,
+    ) -> None:
         pending = self._pending(key)
         reader = _HashingReader(*open_file(rel_path), rel_path=rel_path, size=size, sha256=digest)
         try:
@@ -760,8 +803,17 @@ class _Session:
             reader.close()
         self._forget_state(key)
 
-    def _send_staged(self, full_key: str, key: str, rel_path: str, size: int, digest: str,
-                     open_file: _Opened, meta: dict[str, str], label: str) -> None:
+    def _send_staged(
+        self,
+        full_key: str,
+        key: str,
+        rel_path: str,
+        size: int,
+        digest: str,
+        open_file: _Opened,
+        meta: dict[str, str],
+        label: str,
+    ) -> None:
         staging = self.state_dir / f"{_state_name(key)}.staged"
         pending = self._pending(key)
         source = _StagedSource.resume(staging) if pending is not None and pending.staged else None
@@ -782,8 +834,14 @@ class _Session:
         try:
             upload = self._open_multipart(full_key, key, meta, size, pending, staged=True, reusable=reusable)
             try:
-                self._multipart(full_key, upload, lambda count: source.read(count, self.should_stop),
-                                lambda: None, size, label)
+                self._multipart(
+                    full_key,
+                    upload,
+                    lambda count: source.read(count, self.should_stop),
+                    lambda: None,
+                    size,
+                    label,
+                )
             except IntegrityError:
                 self.store.abort(full_key, upload.upload_id)
                 self._forget_state(key)
@@ -813,17 +871,28 @@ class _Session:
             with contextlib.suppress(FileNotFoundError):
                 (self.state_dir / f"{name}{suffix}").unlink()
 
-    def _open_multipart(self, full_key: str, key: str, meta: dict[str, str], size: int,
-                        pending: PendingUpload | None, *, staged: bool, reusable: bool) -> _Multipart:
+    def _open_multipart(
+        self,
+        full_key: str,
+        key: str,
+        meta: dict[str, str],
+        size: int,
+        pending: PendingUpload | None,
+        *,
+        staged: bool,
+        reusable: bool,
+    ) -> _Multipart:
         """An upload to continue (its parts listed) or a new one, recorded in the state folder before
         any part is sent, so that a crash leaves a record of it."""
         if reusable:
             candidates = [pending.upload_id] if pending is not None else []
             found = [upload for upload in self.store.multipart_uploads(key) if upload.get("Key") == full_key]
-            found.sort(key=lambda upload: upload.get("Initiated") or datetime.min.replace(tzinfo=UTC),
-                       reverse=True)
-            candidates += [str(upload["UploadId"]) for upload in found
-                           if upload["UploadId"] not in candidates]
+            found.sort(
+                key=lambda upload: upload.get("Initiated") or datetime.min.replace(tzinfo=UTC), reverse=True
+            )
+            candidates += [
+                str(upload["UploadId"]) for upload in found if upload["UploadId"] not in candidates
+            ]
             for upload_id in candidates:
                 try:
                     parts = self.store.parts(full_key, upload_id)
@@ -831,27 +900,56 @@ class _Session:
                     if error.code in ("NoSuchUpload", "404"):
                         continue
                     raise
-                part_size = pending.part_size if pending is not None and pending.upload_id == upload_id \
-                    else int(parts[1]["Size"]) if 1 in parts else choose_part_size(size, self.part_size)
+                part_size = (
+                    pending.part_size
+                    if pending is not None and pending.upload_id == upload_id
+                    else int(parts[1]["Size"])
+                    if 1 in parts
+                    else choose_part_size(size, self.part_size)
+                )
                 if part_size < MIN_PART_SIZE or part_size > 16 * self.part_size:
                     continue
-                record = PendingUpload(full_key, upload_id, part_size, self.store.bucket, staged,
-                                       self.state_dir / f"{_state_name(key)}.upload.json")
+                record = PendingUpload(
+                    full_key,
+                    upload_id,
+                    part_size,
+                    self.store.bucket,
+                    staged,
+                    self.state_dir / f"{_state_name(key)}.upload.json",
+                )
                 record.save()
                 return _Multipart(upload_id, part_size, parts)
         extra: dict[str, Any] = {"Metadata": meta, "ContentType": "application/octet-stream"}
         if self.store.settings.storage_class:
             extra["StorageClass"] = self.store.settings.storage_class
-        created = self.store.call("CreateMultipartUpload", self.store.client.create_multipart_upload,
-                                  Bucket=self.store.bucket, Key=full_key, **extra)
+        created = self.store.call(
+            "CreateMultipartUpload",
+            self.store.client.create_multipart_upload,
+            Bucket=self.store.bucket,
+            Key=full_key,
+            **extra,
+        )
         part_size = choose_part_size(size, self.part_size)
-        record = PendingUpload(full_key, str(created["UploadId"]), part_size, self.store.bucket, staged,
-                               self.state_dir / f"{_state_name(key)}.upload.json")
+        record = PendingUpload(
+            full_key,
+            str(created["UploadId"]),
+            part_size,
+            self.store.bucket,
+            staged,
+            self.state_dir / f"{_state_name(key)}.upload.json",
+        )
         record.save()
         return _Multipart(record.upload_id, part_size, {})
 
-    def _multipart(self, full_key: str, upload: _Multipart, read: Callable[[int], bytes],
-                   finish: Callable[[], None], size: int, label: str) -> None:
+    def _multipart(
+        self,
+        full_key: str,
+        upload: _Multipart,
+        read: Callable[[int], bytes],
+        finish: Callable[[], None],
+        size: int,
+        label: str,
+    ) -> None:
         etags: dict[int, str] = {}
         futures: list[concurrent.futures.Future[Any]] = []
         number = 0
@@ -886,15 +984,28 @@ class _Session:
         self._wait(futures)
         self.check()
         parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-        self.store.call("CompleteMultipartUpload", self.store.client.complete_multipart_upload,
-                        Bucket=self.store.bucket, Key=full_key, UploadId=upload.upload_id,
-                        MultipartUpload={"Parts": parts})
+        self.store.call(
+            "CompleteMultipartUpload",
+            self.store.client.complete_multipart_upload,
+            Bucket=self.store.bucket,
+            Key=full_key,
+            UploadId=upload.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
 
-    def _part_sender(self, full_key: str, upload_id: str, number: int, data: bytes,
-                     etags: dict[int, str]) -> Callable[[], None]:
+    def _part_sender(
+        self, full_key: str, upload_id: str, number: int, data: bytes, etags: dict[int, str]
+    ) -> Callable[[], None]:
         def send() -> None:
-            answer = self.store.call("UploadPart", self.store.client.upload_part, Bucket=self.store.bucket,
-                                     Key=full_key, UploadId=upload_id, PartNumber=number, Body=data)
+            answer = self.store.call(
+                "UploadPart",
+                self.store.client.upload_part,
+                Bucket=self.store.bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+            )
             with self.lock:
                 etags[number] = str(answer["ETag"])
                 self.sent += len(data)
@@ -931,8 +1042,9 @@ class _Session:
     def _wait(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
         pending = set(futures)
         while pending:
-            finished, pending = concurrent.futures.wait(pending, timeout=0.2,
-                                                        return_when=concurrent.futures.FIRST_EXCEPTION)
+            finished, pending = concurrent.futures.wait(
+                pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION
+            )
             for future in finished:
                 error = future.exception()
                 if error is not None:

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from backups.catalogue import sync
-from backups.catalogue.models import Backup
+from backups.catalogue.models import Backup, VerificationStatus
 from backups.catalogue.paths import CatalogueError, disk_usage
 from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
 from backups.worker.lease import worker_alive
@@ -97,6 +97,17 @@ class BackupCollector(Collector):
             "1 if a backup worker renewed its lease in the last minute, else 0.",
             int(worker_alive()),
         )
+        verification = dict(
+            Backup.objects.values_list("verification_status").annotate(n=Count("id")).order_by()
+        )
+        states = GaugeMetricFamily(
+            "backup_verification_state_backups",
+            "Backups by the outcome of their last verification (failed: do not rely on them).",
+            labels=["state"],
+        )
+        for state in VerificationStatus.values:
+            states.add_metric([state], verification.get(state, 0))
+        yield states
         yield _gauge(
             "backup_running",
             "1 while a backup run is queued or running (as `running` in /api/backup/status), else 0.",

@@ -217,3 +217,23 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
+
+
+def drop_scratch_leftovers() -> list[str]:
+    """Scratch databases of restore-tests whose job was killed (SIGKILL, a crash of the machine): dropped
+    by their name prefix, only while no verify run is active (a running one owns its own)."""
+    if not settings.RESTORE_TEST_DATABASE_URL:
+        return []
+    if Run.objects.filter(kind=RunKind.VERIFY, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        return []
+    from backups.verification.pg import PgError
+    from backups.verification.restore_test import drop_leftovers
+
+    try:
+        dropped = drop_leftovers(settings.RESTORE_TEST_DATABASE_URL)
+    except PgError as error:
+        logger.warning("could not drop leftover scratch databases: %s", error)
+        return []
+    if dropped:
+        logger.info("dropped leftover scratch databases", extra={"databases": dropped})
+    return dropped

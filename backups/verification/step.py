@@ -26,3 +26,9 @@ def start_due_verification() -> bool:
         return False
     services.mark_unseen_backups_due()
     return services.verification_start_due() is not None
+
+
+def drop_scratch_leftovers() -> bool:
+    """Upkeep between runs: what a killed restore-test left on the scratch server."""
+    services.drop_scratch_leftovers()
+    return False

@@ -21,11 +21,11 @@ from django.db import close_old_connections
 from backups import runner
 from backups.catalogue import removal, sync
 from backups.retention.step import apply_after_run
-from backups.runs.models import Run, RunKind, RunStatus
+from backups.runs.models import Duty, Run, RunKind, RunStatus
 from backups.runs.outcome import RunEnd
 from backups.runs.selectors import next_queued_run
 from backups.runs.services import run_claim, run_finish
-from backups.verification.step import start_due_verification, verify_new_backups
+from backups.verification.step import drop_scratch_leftovers, start_due_verification, verify_new_backups
 from backups.worker import schedule
 from backups.worker.execution import RunExecution, RunLost
 from backups.worker.jobs import JobExecution
@@ -46,6 +46,7 @@ class Worker:
         self.last_schedule_check = 0.0
         self.current_run: Run | None = None
         self.started = time.monotonic()
+        self.scratch_checked = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class Worker:
     def on_acquired(self) -> None:
         removal.purge_leftovers(Path(settings.BACKUP_ROOT))
         self.recover_orphans()
+        self.scratch_checked = False
         sync.sync_all()
         self.last_sync = time.monotonic()
 
@@ -224,10 +226,21 @@ class Worker:
             found = duty() or found
         return found
 
+    def leftovers(self) -> bool:
+        """Once per lease, after the orphans were followed to their end: what killed jobs left behind."""
+        if self.scratch_checked or self.orphans():
+            return False
+        self.scratch_checked = True
+        for clean in LEFTOVERS:
+            clean()
+        return False
+
     def automatic_jobs(self) -> bool:
         """Start the verification (later: off-site copy) the backups are owed, as automatic jobs. Not in
         the first AUTOMATIC_JOBS_DELAY_SECONDS after start-up: a restart is a time to look, not to load."""
         if self.stopping.is_set() or time.monotonic() - self.started < settings.AUTOMATIC_JOBS_DELAY_SECONDS:
+            return False
+        if Duty.objects.exists():  # a run's duties first: they say what its backup is owed
             return False
         return any(start() for start in AUTOMATIC_JOBS)
 
@@ -267,11 +280,15 @@ DUTIES: tuple[Callable[[], bool], ...] = (verify_new_backups, apply_after_run)
 # Capabilities that start automatic jobs when the lane is free (a backup request cancels them).
 AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification,)
 
+# What killed jobs may leave behind, cleaned once per lease when nothing of theirs still runs.
+LEFTOVERS: tuple[Callable[[], bool], ...] = (drop_scratch_leftovers,)
+
 # One pass of the loop. Duties come before the next queued run, as they did when they ran inline
 # after each run: a new backup never starts before the previous one was checked.
 STEPS: tuple[Callable[[Worker], bool], ...] = (
     Worker.resume_orphans,
     Worker.end_own_stuck_runs,
+    Worker.leftovers,
     Worker.owed_duties,
     Worker.run_next_queued,
     Worker.automatic_jobs,

@@ -403,3 +403,31 @@ def test_unknown_run_cancel_is_a_message_not_a_crash(admin_client: Client) -> No
     response = admin_client.post(reverse("admin:backups_run_cancel", args=[uuid.uuid4()]))
     assert response.status_code == 302
     assert "Run not found." in messages_of(response)
+
+
+def test_verify_from_the_backup_page_queues_a_verify_run_through_the_service(
+    admin_client: Client, two_backups
+) -> None:
+    page = admin_client.get(f"/admin/backups/backup/{OLD}/change/").content.decode()
+    verify = f"/admin/backups/backup/{quote(OLD)}/verify/"
+    assert "Verify (deep)" in page and verify in page
+    response = admin_client.post(verify, {"level": "quick"})
+    assert response.status_code == 302
+    run = Run.objects.get(kind="verify")
+    assert run.backup_id == OLD and run.params["level"] == "quick" and not run.automatic
+    assert AuditEvent.objects.filter(action="verify.create", target=OLD, actor="admin").exists()
+    again = admin_client.post(verify, {"level": "deep"}, follow=True)
+    assert any("already queued or running" in message for message in messages_of(again))
+    assert admin_client.get(verify).status_code == 403
+
+
+def test_a_failed_verification_is_a_red_badge_with_its_problems(admin_client: Client, two_backups) -> None:
+    Backup.objects.filter(id=OLD).update(
+        verification_status="failed",
+        verification_level="deep",
+        verification={"problems": ["db.sql: digest mismatch"], "databases": []},
+    )
+    listing = admin_client.get("/admin/backups/backup/").content.decode()
+    assert "verification failed" in listing
+    page = admin_client.get(f"/admin/backups/backup/{OLD}/change/").content.decode()
+    assert "db.sql: digest mismatch" in page

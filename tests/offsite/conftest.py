@@ -25,9 +25,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServe
     server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
     try:
-        admin = StoreSettings(endpoint=server.endpoint, bucket=BUCKET,
-                              access_key_id=server.admin.access_key_id,
-                              secret_access_key=server.admin.secret_access_key)
+        admin = StoreSettings(
+            endpoint=server.endpoint,
+            bucket=BUCKET,
+            access_key_id=server.admin.access_key_id,
+            secret_access_key=server.admin.secret_access_key,
+        )
         Store(admin).call("CreateBucket", Store(admin).client.create_bucket, Bucket=BUCKET)
         yield server
     finally:
@@ -51,8 +54,11 @@ def store(s3_server: SeaweedServer, request: pytest.FixtureRequest) -> StoreSett
 @pytest.fixture
 def read_only_store(store: StoreSettings, s3_server: SeaweedServer) -> StoreSettings:
     """The same place with the read-only identity: every write is refused (AccessDenied)."""
-    return replace(store, access_key_id=s3_server.reader.access_key_id,
-                   secret_access_key=s3_server.reader.secret_access_key)
+    return replace(
+        store,
+        access_key_id=s3_server.reader.access_key_id,
+        secret_access_key=s3_server.reader.secret_access_key,
+    )
 
 
 @pytest.fixture
@@ -82,8 +88,11 @@ class Folder:
 
     @property
     def listing(self) -> list[tuple[str, int]]:
-        return sorted((p.relative_to(self.path).as_posix(), p.stat().st_size)
-                      for p in self.path.rglob("*") if p.is_file())
+        return sorted(
+            (p.relative_to(self.path).as_posix(), p.stat().st_size)
+            for p in self.path.rglob("*")
+            if p.is_file()
+        )
 
     def open(self, rel_path: str) -> BinaryIO:
         return open(self.path / rel_path, "rb")

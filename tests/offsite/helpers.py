@@ -24,6 +24,11 @@ def spawn_upload(job: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
     be hit); its last stdout line is the UploadResult as JSON."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "OFFSITE_CHILD_JOB": json.dumps(job)}
     with open(log, "ab") as err:
-        return subprocess.Popen([sys.executable, str(PROJECT / "tests" / "offsite" / "child_upload.py")],
-                                cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=err,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, str(PROJECT / "tests" / "offsite" / "child_upload.py")],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )

@@ -85,32 +85,62 @@ class SeaweedServer:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
         args = [
-            weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={self.s3_port}", f"-master.port={self.master_port}",
-            f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}",
+            weed_binary(),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            f"-filer.port={self.filer_port}",
             # Without these two it also binds fixed ports 8181 and 9101: a second instance would fail.
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             # One collection per bucket takes several volumes; the default cap of 8 runs out at the
             # second bucket. Smaller volumes and a higher cap keep a run from hitting "no free volumes".
-            "-master.volumeSizeLimitMB=1024", "-volume.max=100",
+            "-master.volumeSizeLimitMB=1024",
+            "-volume.max=100",
             # Stop at once on SIGTERM instead of waiting 10 s to leave the cluster.
             "-volume.preStopSeconds=0",
         ]
         if self.identities:
             config = self.directory / "s3.json"
-            config.write_text(json.dumps({"identities": [
-                {"name": "admin", "credentials": [{"accessKey": self.admin.access_key_id,
-                                                   "secretKey": self.admin.secret_access_key}],
-                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-                {"name": "reader", "credentials": [{"accessKey": self.reader.access_key_id,
-                                                    "secretKey": self.reader.secret_access_key}],
-                 "actions": ["Read", "List"]},
-            ]}))
+            config.write_text(
+                json.dumps(
+                    {
+                        "identities": [
+                            {
+                                "name": "admin",
+                                "credentials": [
+                                    {
+                                        "accessKey": self.admin.access_key_id,
+                                        "secretKey": self.admin.secret_access_key,
+                                    }
+                                ],
+                                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                            },
+                            {
+                                "name": "reader",
+                                "credentials": [
+                                    {
+                                        "accessKey": self.reader.access_key_id,
+                                        "secretKey": self.reader.secret_access_key,
+                                    }
+                                ],
+                                "actions": ["Read", "List"],
+                            },
+                        ]
+                    }
+                )
+            )
             os.chmod(config, 0o600)
             args.append(f"-s3.config={config}")
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

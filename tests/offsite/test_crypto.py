@@ -33,8 +33,15 @@ def test_bad_recipients_are_named_by_position_and_never_echoed() -> None:
 def test_upload_with_a_bad_recipient_fails_before_any_request(tmp_path: Path) -> None:
     unreachable = StoreSettings(endpoint="http://127.0.0.1:9", bucket="never-contacted")
     with pytest.raises(RecipientError, match=r"encryptionRecipients\[0\]"):
-        upload_backup(unreachable, "backup-1", [], lambda rel: io.BytesIO(), metadata={},
-                      state_dir=tmp_path, recipients=["age1nope"])
+        upload_backup(
+            unreachable,
+            "backup-1",
+            [],
+            lambda rel: io.BytesIO(),
+            metadata={},
+            state_dir=tmp_path,
+            recipients=["age1nope"],
+        )
 
 
 def test_identity_file_errors_say_the_line_not_the_key(tmp_path: Path) -> None:
@@ -59,8 +66,9 @@ def test_streamed_encryption_decrypts_with_debian_age(tmp_path: Path) -> None:
     plain = secrets.token_bytes(3 * 65536 + 123)  # several age chunks and a partial one
     with open(tmp_path / "file.age", "wb") as target:
         crypto.encrypt_stream(io.BytesIO(plain), target, crypto.parse_recipients([str(identity.to_public())]))
-    done = subprocess.run(["age", "-d", "-i", str(key_file), str(tmp_path / "file.age")],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["age", "-d", "-i", str(key_file), str(tmp_path / "file.age")], capture_output=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == plain
 
@@ -86,22 +94,38 @@ def test_decryption_with_another_key_or_of_a_truncated_stream_is_an_identity_err
 
 
 def test_settings_never_show_credentials() -> None:
-    settings = StoreSettings(endpoint="https://user:pw-in-url@s3.example.com", bucket="b",
-                             access_key_id="AKIAEXAMPLEKEY", secret_access_key="very-secret-value")
+    settings = StoreSettings(
+        endpoint="https://user:pw-in-url@s3.example.com",
+        bucket="b",
+        access_key_id="AKIAEXAMPLEKEY",
+        secret_access_key="very-secret-value",
+    )
     shown = repr(settings)
     assert "AKIAEXAMPLEKEY" not in shown and "very-secret-value" not in shown
-    masked = settings.mask("key AKIAEXAMPLEKEY secret very-secret-value at https://user:pw-in-url@s3.example.com")
+    masked = settings.mask(
+        "key AKIAEXAMPLEKEY secret very-secret-value at https://user:pw-in-url@s3.example.com"
+    )
     assert masked == "key **** secret **** at https://user:****@s3.example.com"
     assert mask_url("https://s3.example.com/x") == "https://s3.example.com/x"
 
 
 def test_settings_come_from_the_config_section_and_the_environment() -> None:
-    offsite = {"enabled": True, "endpoint": "https://s3.example.com", "bucket": "my-backups",
-               "prefix": "/host-1/", "region": "eu-central", "storageClass": "STANDARD_IA"}
+    offsite = {
+        "enabled": True,
+        "endpoint": "https://s3.example.com",
+        "bucket": "my-backups",
+        "prefix": "/host-1/",
+        "region": "eu-central",
+        "storageClass": "STANDARD_IA",
+    }
     environ = {"OFFSITE_ACCESS_KEY_ID": "AKIAFROMENV", "OFFSITE_SECRET_ACCESS_KEY": "from-env"}
     settings = StoreSettings.from_config(offsite, environ)
     assert (settings.bucket, settings.root, settings.region, settings.storage_class) == (
-        "my-backups", "host-1/", "eu-central", "STANDARD_IA")
+        "my-backups",
+        "host-1/",
+        "eu-central",
+        "STANDARD_IA",
+    )
     assert (settings.access_key_id, settings.secret_access_key) == ("AKIAFROMENV", "from-env")
     assert settings.key("objects/x") == "host-1/objects/x"
     assert validate_settings(settings) == []

@@ -44,13 +44,13 @@ def sha(data: bytes) -> str:
 
 def upload(store: StoreSettings, folder: Folder, backup_id: str, tmp_path: Path, **kwargs: Any):
     kwargs.setdefault("metadata", {"type": "full", "created_at": "2026-12-01T03:00:00+00:00"})
-    return upload_backup(store, backup_id, folder.listing, folder.open, state_dir=tmp_path / "state",
-                         part_size=PART, **kwargs)
+    return upload_backup(
+        store, backup_id, folder.listing, folder.open, state_dir=tmp_path / "state", part_size=PART, **kwargs
+    )
 
 
 def age_decrypt(key_file: Path, path: Path) -> bytes:
-    done = subprocess.run(["age", "-d", "-i", str(key_file), str(path)], capture_output=True,
-                          check=False)
+    done = subprocess.run(["age", "-d", "-i", str(key_file), str(path)], capture_output=True, check=False)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout
 
@@ -72,7 +72,8 @@ def test_downloaded_object_and_manifest_decrypt_with_debian_age(
     assert manifest["backup_id"] == "backup-1"
     assert manifest["metadata"]["type"] == "full"
     assert {(f["path"], f["sha256"]) for f in manifest["files"]} == {
-        (rel, sha(folder.read(rel))) for rel, _ in folder.listing}
+        (rel, sha(folder.read(rel))) for rel, _ in folder.listing
+    }
 
 
 def test_files_read_back_as_plaintext_streams_and_a_swapped_object_is_caught(
@@ -121,8 +122,13 @@ def test_without_identity_the_copy_is_served_as_stored_with_a_readme_that_works(
     # Follow the README literally: its restore commands, with the key beside them.
     (export / "key.txt").write_bytes(identity.key_file.read_bytes())
     commands = [line.strip() for line in readme.split("To restore into ./restored:")[1].strip().splitlines()]
-    done = subprocess.run(["sh", "-ec", "\n".join(commands)], cwd=export, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, check=False)
+    done = subprocess.run(
+        ["sh", "-ec", "\n".join(commands)],
+        cwd=export,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout.decode()
     for rel, _ in folder.listing:
         assert (export / "restored" / rel).read_bytes() == folder.read(rel)
@@ -180,8 +186,14 @@ def test_service_is_rebuilt_from_the_bucket_alone(
     for number, day in ((1, "2026-11-30"), (2, "2026-12-01")):
         files: dict[str, bytes | int] = {"dump.gz": f"dump {number}\n".encode(), "big": PART + number}
         metadata = {"type": "full", "created_at": f"{day}T03:00:00+00:00", "description": f"night {number}"}
-        upload(store, make_folder(f"backup-{number}", files), f"backup-{number}", tmp_path,
-               recipients=recipients, metadata=metadata)
+        upload(
+            store,
+            make_folder(f"backup-{number}", files),
+            f"backup-{number}",
+            tmp_path,
+            recipients=recipients,
+            metadata=metadata,
+        )
     interrupted = make_folder("backup-3", {"dump.gz": b"never finished\n"})
     index = f"objects/{sha(interrupted.read('dump.gz'))}.age\n".encode()
     s3.put(s3.settings.key("backups/backup-3.objects"), index)
@@ -196,7 +208,9 @@ def test_service_is_rebuilt_from_the_bucket_alone(
         rebuild(store)
     found = rebuild(store, [identity.identity])
     assert [(m.backup_id, m.metadata["description"]) for m in found.backups] == [
-        ("backup-1", "night 1"), ("backup-2", "night 2")]
+        ("backup-1", "night 1"),
+        ("backup-2", "night 2"),
+    ]
     assert found.incomplete == ("backup-3",)
     assert found.missing_objects == {"backup-2": ("dump.gz",)}
     assert found.config == config
@@ -204,8 +218,11 @@ def test_service_is_rebuilt_from_the_bucket_alone(
     lines = io.BytesIO()
     fetch_service_document(store, "audit.jsonl", [identity.identity], lines)
     events = [json.loads(line) for line in lines.getvalue().splitlines()]
-    assert len(events) == 2000 and events[1999] == {"id": 1999, "action": "backup.create",
-                                                     "at": "2026-12-01 00:00:00+00:00"}
+    assert len(events) == 2000 and events[1999] == {
+        "id": 1999,
+        "action": "backup.create",
+        "at": "2026-12-01 00:00:00+00:00",
+    }
     assert set(keys_under(s3, "service/")) == {"service/config.json.age", "service/audit.jsonl.age"}
 
 

@@ -48,8 +48,14 @@ def test_plain_backup_is_stored_as_objects_by_sha256_an_index_and_a_manifest(
 ) -> None:
     folder = make_folder("backup-1", {"database.sql.gz": 12 << 20, "configs/app.env": b"A=1\n", "empty": b""})
     progress: list[tuple[int, str]] = []
-    result = upload(store, folder, "backup-1", tmp_path, metadata={"type": "full", "description": "nightly"},
-                    on_progress=lambda percent, message: progress.append((percent, message)))
+    result = upload(
+        store,
+        folder,
+        "backup-1",
+        tmp_path,
+        metadata={"type": "full", "description": "nightly"},
+        on_progress=lambda percent, message: progress.append((percent, message)),
+    )
 
     keys = keys_under(s3)
     expected_objects = {f"objects/{sha(folder.read(rel))}" for rel, _ in folder.listing}
@@ -63,11 +69,15 @@ def test_plain_backup_is_stored_as_objects_by_sha256_an_index_and_a_manifest(
     manifest = Manifest.from_json(s3.get_bytes(s3.settings.key("backups/backup-1.json"), 1 << 20))
     assert manifest.metadata == {"type": "full", "description": "nightly"}
     assert [(f.path, f.size, f.sha256) for f in manifest.files] == [
-        (rel, size, sha(folder.read(rel))) for rel, size in folder.listing]
+        (rel, size, sha(folder.read(rel))) for rel, size in folder.listing
+    ]
     index = s3.get_bytes(s3.settings.key("backups/backup-1.objects"), 1 << 20).decode().split()
     assert set(index) == expected_objects
     assert (result.total_bytes, result.uploaded_bytes > 12 << 20, result.skipped_bytes) == (
-        (12 << 20) + 4, True, 0)
+        (12 << 20) + 4,
+        True,
+        0,
+    )
     assert result.objects_uploaded == 3
     assert progress[-1] == (100, "off-site copy complete: 3 files")
     assert [p for p, _ in progress] == sorted(p for p, _ in progress)
@@ -87,8 +97,13 @@ def test_second_backup_with_unchanged_files_sends_only_the_changed_one(
         full = s3.settings.key(key)
         head = s3.head(full)
         assert head is not None
-        s3.client.copy_object(Bucket=s3.bucket, Key=full, CopySource={"Bucket": s3.bucket, "Key": full},
-                              Metadata={**head["Metadata"], "mark": "first"}, MetadataDirective="REPLACE")
+        s3.client.copy_object(
+            Bucket=s3.bucket,
+            Key=full,
+            CopySource={"Bucket": s3.bucket, "Key": full},
+            Metadata={**head["Metadata"], "mark": "first"},
+            MetadataDirective="REPLACE",
+        )
 
     result = upload(store, second, "backup-2", tmp_path, recipients=[identity.recipient])
 
@@ -144,10 +159,19 @@ def test_upload_killed_half_way_resumes_in_a_new_process_with_the_parts_already_
     folder = make_folder("backup-9", {"dump.gz": 8 * PART + 1234, "small.txt": b"hello\n"})
     state_dir = tmp_path / "state"
     job = {
-        "store": {"endpoint": store.endpoint, "bucket": store.bucket, "prefix": store.prefix,
-                  "access_key_id": store.access_key_id, "secret_access_key": store.secret_access_key},
-        "backup_id": "backup-9", "folder": str(folder.path), "listing": folder.listing,
-        "state_dir": str(state_dir), "part_size": PART, "pause": 0.4,
+        "store": {
+            "endpoint": store.endpoint,
+            "bucket": store.bucket,
+            "prefix": store.prefix,
+            "access_key_id": store.access_key_id,
+            "secret_access_key": store.secret_access_key,
+        },
+        "backup_id": "backup-9",
+        "folder": str(folder.path),
+        "listing": folder.listing,
+        "state_dir": str(state_dir),
+        "part_size": PART,
+        "pause": 0.4,
         "recipients": [identity.recipient] if encrypted else [],
     }
     object_key = s3.settings.key(f"objects/{sha(folder.read('dump.gz'))}" + (".age" if encrypted else ""))
@@ -220,8 +244,15 @@ def test_cancelled_upload_keeps_its_parts_and_the_next_attempt_reuses_them(
         return checks > 4 and any((tmp_path / "state").glob("*.complete"))
 
     with pytest.raises(Cancelled):
-        upload(store, folder, "backup-3", tmp_path, recipients=[identity.recipient], concurrency=1,
-               should_stop=stop_after_some_parts)
+        upload(
+            store,
+            folder,
+            "backup-3",
+            tmp_path,
+            recipients=[identity.recipient],
+            concurrency=1,
+            should_stop=stop_after_some_parts,
+        )
     assert len(pending_uploads(tmp_path / "state")) == 1
     result = upload(store, folder, "backup-3", tmp_path, recipients=[identity.recipient], concurrency=1)
     assert result.resumed_bytes >= PART
@@ -251,10 +282,17 @@ def test_no_credential_appears_in_any_error(
 
     settings = {
         "wrong-secret": replace(store, secret_access_key="s3cr3t-" + os.urandom(8).hex()),
-        "unknown-key": replace(store, access_key_id="AKIAUNKNOWN" + os.urandom(4).hex().upper(),
-                               secret_access_key="s3cr3t-" + os.urandom(8).hex()),
-        "unreachable": replace(store, endpoint="http://u:pw-" + os.urandom(4).hex() + "@127.0.0.1:9",
-                               max_attempts=1, connect_timeout=1),
+        "unknown-key": replace(
+            store,
+            access_key_id="AKIAUNKNOWN" + os.urandom(4).hex().upper(),
+            secret_access_key="s3cr3t-" + os.urandom(8).hex(),
+        ),
+        "unreachable": replace(
+            store,
+            endpoint="http://u:pw-" + os.urandom(4).hex() + "@127.0.0.1:9",
+            max_attempts=1,
+            connect_timeout=1,
+        ),
     }[failure]
     folder = make_folder("backup-5", {"dump.gz": b"y" * 100})
     with pytest.raises(OffsiteError) as caught:
@@ -315,9 +353,16 @@ def test_a_file_rewritten_between_hashing_and_upload_is_refused(
         return folder.open(rel)
 
     with pytest.raises(IntegrityError, match="dump.gz changed while it was uploaded"):
-        upload_backup(store, "backup-10", folder.listing, rewriting_opener, metadata={},
-                      state_dir=tmp_path / "state", part_size=PART,
-                      recipients=[identity.recipient] if encrypted else [])
+        upload_backup(
+            store,
+            "backup-10",
+            folder.listing,
+            rewriting_opener,
+            metadata={},
+            state_dir=tmp_path / "state",
+            part_size=PART,
+            recipients=[identity.recipient] if encrypted else [],
+        )
     assert opened == ["dump.gz", "dump.gz"]
     assert keys_under(s3, "objects/") == {}
     assert not list(s3.multipart_uploads())
@@ -329,9 +374,16 @@ def test_files_the_opener_gives_as_plain_streams_are_encrypted_through_a_pipe(
     import io
 
     folder = make_folder("backup-11", {"dump.gz": 3 * PART + 17})
-    streamed = upload_backup(store, "backup-11", folder.listing, lambda rel: io.BytesIO(folder.read(rel)),
-                             metadata={}, state_dir=tmp_path / "state", part_size=PART,
-                             recipients=[identity.recipient])
+    streamed = upload_backup(
+        store,
+        "backup-11",
+        folder.listing,
+        lambda rel: io.BytesIO(folder.read(rel)),
+        metadata={},
+        state_dir=tmp_path / "state",
+        part_size=PART,
+        recipients=[identity.recipient],
+    )
     item = streamed.manifest.files[0]
     with open_remote_file(store, item, [identity.identity]) as stream:
         assert stream.read() == folder.read("dump.gz")
@@ -343,7 +395,14 @@ def test_a_vanished_file_is_an_error_that_does_not_show_its_full_path(
     folder = make_folder("backup-12", {"dump.gz": b"z" * 100})
     (folder.path / "dump.gz").unlink()
     with pytest.raises(OffsiteError) as caught:
-        upload_backup(store, "backup-12", [("dump.gz", 100)], folder.open, metadata={},
-                      state_dir=tmp_path / "state", part_size=PART)
+        upload_backup(
+            store,
+            "backup-12",
+            [("dump.gz", 100)],
+            folder.open,
+            metadata={},
+            state_dir=tmp_path / "state",
+            part_size=PART,
+        )
     assert str(caught.value) == "cannot read dump.gz: No such file or directory"
     assert str(tmp_path) not in "".join(traceback.format_exception(caught.value))

@@ -18,21 +18,38 @@ def test_script_backup_contents_lists_its_dump_and_archives(script_backup: Path,
     contents = backup_contents(listing(script_backup), Opener(script_backup))
     document = contents.to_document()
     assert document["dumps"] == [
-        {"path": f"{source_db}.sql", "size_bytes": (script_backup / f"{source_db}.sql").stat().st_size,
-         "format": "plain", "database": source_db, "demo": False}
+        {
+            "path": f"{source_db}.sql",
+            "size_bytes": (script_backup / f"{source_db}.sql").stat().st_size,
+            "format": "plain",
+            "database": source_db,
+            "demo": False,
+        }
     ]
     assert [a["path"] for a in document["archives"]] == [
-        "beauty-platform.tar.gz", "images-uploads.tar.gz", "nginx-configs.tar.gz", "ssl-certs.tar.gz",
+        "beauty-platform.tar.gz",
+        "images-uploads.tar.gz",
+        "nginx-configs.tar.gz",
+        "ssl-certs.tar.gz",
     ]
 
 
-def test_sniffing_finds_custom_format_and_its_database_and_demo_dumps(
-    tmp_path: Path, source_db: str
-) -> None:
+def test_sniffing_finds_custom_format_and_its_database_and_demo_dumps(tmp_path: Path, source_db: str) -> None:
     folder = run_reference_script(tmp_path, ["beauty_audit"], pg_port="1")
     subprocess.run(
-        ["pg_dump", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "-Fc", "-f", str(folder / "nightly.sql"),
-         source_db],
+        [
+            "pg_dump",
+            "-h",
+            PG_HOST,
+            "-p",
+            PG_PORT,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            str(folder / "nightly.sql"),
+            source_db,
+        ],
         check=True,
     )
     (folder / "configs" / "schema.sql").write_text("-- not a dump of the backup\n")
@@ -68,7 +85,10 @@ def test_archive_members_are_paged(many_members: bytes) -> None:
     last = archive_members(io.BytesIO(many_members), "gzip", 20, 10, with_total=True)
     assert [m.path for m in last.members][-1] == "uploads/latest"
     assert last.members[-1].to_document() == {
-        "path": "uploads/latest", "size_bytes": 0, "type": "symlink", "link_target": "24.bin",
+        "path": "uploads/latest",
+        "size_bytes": 0,
+        "type": "symlink",
+        "link_target": "24.bin",
     }
     assert not last.has_more and last.total == 26
     beyond = archive_members(io.BytesIO(many_members), "gzip", 40, 10, with_total=True)

@@ -53,8 +53,19 @@ def test_custom_format_dump_restores_too(
     tmp_path: Path, source_db: str, target_db: Callable[[], str]
 ) -> None:
     subprocess.run(
-        ["pg_dump", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "-Fc", "-f", str(tmp_path / "db.dump"),
-         source_db],
+        [
+            "pg_dump",
+            "-h",
+            PG_HOST,
+            "-p",
+            PG_PORT,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            str(tmp_path / "db.dump"),
+            source_db,
+        ],
         check=True,
     )
     target = target_db()
@@ -109,8 +120,19 @@ def test_cancel_half_way_reports_incomplete_and_commits_nothing(
     make_source_database(name, extra_mb=12)
     try:
         subprocess.run(
-            ["pg_dump", "-h", PG_HOST, "-p", PG_PORT, "-U", "postgres", "--no-owner",
-             "-f", str(tmp_path / "big.sql"), name],
+            [
+                "pg_dump",
+                "-h",
+                PG_HOST,
+                "-p",
+                PG_PORT,
+                "-U",
+                "postgres",
+                "--no-owner",
+                "-f",
+                str(tmp_path / "big.sql"),
+                name,
+            ],
             check=True,
         )
     finally:

@@ -35,8 +35,15 @@ def _extract(archive: bytes, target: Path, compression: str = "gzip", **kwargs):
     return extract_archive(io.BytesIO(archive), compression, target, folder_name("backup-1", WHEN), **kwargs)
 
 
-def _add(archive: tarfile.TarFile, name: str, *, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-         link: str = "", size: int | None = None) -> None:
+def _add(
+    archive: tarfile.TarFile,
+    name: str,
+    *,
+    data: bytes = b"",
+    kind: bytes = tarfile.REGTYPE,
+    link: str = "",
+    size: int | None = None,
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -128,7 +135,12 @@ def test_hostile_members_are_refused_and_nothing_is_written_outside(world: Path)
     assert {path: entry for path, entry in after.items() if path in before} == before
     folder = world / "restore" / "backup-1-20260304_050607"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
-        "dir", "dir/sub", "dir/sub/file.txt", "good.txt", "hard-good", "later.txt",
+        "dir",
+        "dir/sub",
+        "dir/sub/file.txt",
+        "good.txt",
+        "hard-good",
+        "later.txt",
     ]
     assert (folder / "good.txt").read_text() == "good\n"
     assert (folder / "hard-good").stat().st_ino == (folder / "good.txt").stat().st_ino

@@ -99,7 +99,10 @@ def test_metrics_of_an_empty_service_are_zero_and_declare_every_metric(backup_ro
         "backup_disk_total_bytes",
         "backup_worker_up",
         "backup_running",
+        "backup_verification_state_backups",
     }
+    for state in ("never", "ok", "failed", "running"):
+        assert value(series, "backup_verification_state_backups", state=state) == 0
     # Row counts that go down again are gauges, whatever their suffix.
     assert set(types.values()) == {"gauge"}
 
@@ -217,3 +220,13 @@ def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(backup_root: Path) 
     text = response.content.decode()
     assert text.endswith("# EOF\n")
     assert "# TYPE backup_last_success_timestamp_seconds gauge" in text
+
+
+def test_backups_whose_verification_failed_are_counted(backup_root: Path) -> None:
+    make_backup(backup_root, "backup-20260101_030000")
+    make_backup(backup_root, "backup-20260102_030000")
+    scrape()  # catalogues them
+    Backup.objects.filter(id="backup-20260101_030000").update(verification_status="failed")
+    series, _ = scrape()
+    assert value(series, "backup_verification_state_backups", state="failed") == 1
+    assert value(series, "backup_verification_state_backups", state="never") == 1
