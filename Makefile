@@ -26,8 +26,7 @@ run: $(VENV)/.installed
 	@echo "== applying database migrations"
 	@$(MANAGE) migrate --noinput
 	@$(MANAGE) collectstatic --noinput --verbosity 0
-	@$(MANAGE) print_welcome
-	BACKUP_STEP_DELAY=$${BACKUP_STEP_DELAY:-1} ALLOW_DEMO_DUMPS=$${ALLOW_DEMO_DUMPS:-1} $(MANAGE) serve
+	@BACKUP_STEP_DELAY=$${BACKUP_STEP_DELAY:-1} ALLOW_DEMO_DUMPS=$${ALLOW_DEMO_DUMPS:-1} $(MANAGE) serve --welcome
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

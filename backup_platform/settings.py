@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -60,6 +61,11 @@ def envpath(name: str, default: Path) -> Path:
     raw = env(name)
     path = Path(raw) if raw else default
     return path if path.is_absolute() else (BASE_DIR / path)
+
+
+def masked_url(url: str) -> str:
+    """A URL fit for a message: its password replaced by ****."""
+    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:****@", url)
 
 
 def parse_rate(name: str, raw: str) -> tuple[int, int]:
@@ -150,8 +156,11 @@ TEMPLATES = [
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
-except Exception as error:  # dj-database-url raises several kinds for a malformed URL
-    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from None
+except Exception:  # dj-database-url raises several kinds for a malformed URL
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not a valid database URL "
+        "(e.g. sqlite:////var/lib/backups/db.sqlite3 or postgres://user@127.0.0.1:5432/backups)"
+    ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The worker thread and the web threads write concurrently: WAL plus a busy timeout instead of
     # "database is locked"; IMMEDIATE makes a writer take the lock at BEGIN, not at its first write.
@@ -160,7 +169,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    _sqlite = Path(DATABASES["default"]["NAME"])
+    if _sqlite.parent.is_relative_to(VAR_DIR):
+        _sqlite.parent.mkdir(parents=True, exist_ok=True)  # the embedded default's own folder
+    elif not _sqlite.parent.is_dir():
+        raise ImproperlyConfigured(
+            f"DATABASE_URL names a SQLite file in a folder that does not exist: {_sqlite.parent} "
+            "(create it, or point DATABASE_URL elsewhere)"
+        )
+    if not os.access(_sqlite if _sqlite.exists() else _sqlite.parent, os.W_OK):
+        raise ImproperlyConfigured(f"DATABASE_URL names a SQLite database this user cannot write: {_sqlite}")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -330,27 +348,42 @@ WS_PING_INTERVAL_SECONDS = 30.0
 SERVICE_LOG_MAX_BYTES = envint("SERVICE_LOG_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 SERVICE_LOG.parent.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = env("LOG_LEVEL", "INFO").upper()
+# JSON lines for files, journald and log shippers; readable lines for a person at a terminal.
+LOG_FORMAT = env("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+if LOG_FORMAT not in {"console", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be console or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "backups.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "backups.logging.RequestIdFilter"},
+        "no_colour": {"()": "backups.logging.DropColourMessage"},
+    },
     "formatters": {
+        "console": {
+            "format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            "datefmt": "%H:%M:%S",
+        },
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
             "rename_fields": {"asctime": "timestamp", "levelname": "level", "name": "logger"},
             "datefmt": "%Y-%m-%dT%H:%M:%S%z",
-        }
+        },
     },
     "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id", "no_colour"],
+        },
         "file": {
             "class": "logging.handlers.RotatingFileHandler",
             "filename": str(SERVICE_LOG),
             "maxBytes": SERVICE_LOG_MAX_BYTES,
             "backupCount": 5,
             "formatter": "json",
-            "filters": ["request_id"],
+            "filters": ["request_id", "no_colour"],
             "delay": True,
         },
     },

@@ -13,3 +13,11 @@ class RequestIdFilter(logging.Filter):
         if not getattr(record, "request_id", None):  # an explicit extra={"request_id": ...} wins
             record.request_id = request_id.get() or None
         return True
+
+
+class DropColourMessage(logging.Filter):
+    """uvicorn adds a `color_message` copy of each message with terminal colours: noise in a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 
 from backups import events
 from backups.catalogue.services import ensure_backup_root
+from backups.management.startup import ensure_migrated
 
 
 class Command(BaseCommand):
@@ -18,6 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         from backups.worker.loop import Worker
 
+        ensure_migrated()
         ensure_backup_root()
 
         worker = Worker(label="worker")

@@ -1,7 +1,10 @@
 """`manage.py run_backup`: one backup in the foreground, for a shell or cron. Exit 0 only on success.
 
-It queues a run like the API does. If no worker is alive it runs it here; otherwise the worker runs it
-and this command follows it. Either way the database keeps its one-run-at-a-time rule.
+It queues a run like the API does. If no worker holds the lease it runs the script here, with this
+command's environment. If a worker is running (`serve`'s, or `backup_worker`), the run is handed to it
+— the script then gets that worker's environment, not this shell's — and this command follows the run
+with the same progress bar until it ends (`--no-wait`: return once it is queued). Either way the
+database keeps its one-run-at-a-time rule.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups.audit import CLI
 from backups.errors import Conflict
+from backups.management.startup import ensure_migrated
 from backups.runs.models import Run, RunStatus
 from backups.runs.services import run_claim, run_enqueue
+from backups.worker.lease import WorkerLease
 
 
 class Command(BaseCommand):
@@ -22,10 +27,22 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--description", default="", help="recorded with the run (max 500 chars)")
+        wait = parser.add_mutually_exclusive_group()
+        wait.add_argument(
+            "--wait",
+            dest="wait",
+            action="store_true",
+            default=True,
+            help="follow the run to its end, also when a running worker takes it (the default)",
+        )
+        wait.add_argument(
+            "--no-wait", dest="wait", action="store_false", help="when a worker takes the run, return at once"
+        )
 
-    def handle(self, *args, description: str, **options) -> None:
+    def handle(self, *args, description: str, wait: bool, **options) -> None:
         from backups.worker.loop import Worker
 
+        ensure_migrated()
         if len(description) > 500:
             raise CommandError("--description is longer than 500 characters")
         try:
@@ -49,6 +66,15 @@ class Command(BaseCommand):
                 worker.release_lease()
             watcher.join(2)
         else:
+            holder = (
+                WorkerLease.objects.filter(id=1).values_list("holder", flat=True).first() or "another worker"
+            )
+            self.stdout.write(
+                f"a worker is running ({holder}): the run is handed to it, and the script gets that worker's "
+                "environment, not this shell's"
+            )
+            if not wait:
+                return
             self.follow(run.id)
         run.refresh_from_db()
         self.stdout.write(

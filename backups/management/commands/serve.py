@@ -16,10 +16,12 @@ from collections.abc import Generator
 
 import uvicorn
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from backups import events
 from backups.catalogue.services import ensure_backup_root
+from backups.management.startup import ensure_migrated, ensure_port_free
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +58,20 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=settings.HOST)
         parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--no-worker", action="store_true", help="run backups in `backup_worker` instead")
+        parser.add_argument(
+            "--welcome",
+            action="store_true",
+            help="print the URLs, the admin login and a token once it can start",
+        )
 
-    def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
+    def handle(self, *args, host: str, port: int, no_worker: bool, welcome: bool, **options) -> None:
         from backups.worker.loop import Worker
 
+        ensure_migrated()
+        ensure_port_free(host, port)
         ensure_backup_root()
+        if welcome:
+            call_command("print_welcome", port=port)
 
         worker = None if no_worker else Worker(label="serve")
         config = uvicorn.Config(
