@@ -21,11 +21,19 @@ def main() -> None:
     try:
         execute_from_command_line(sys.argv)
     except OperationalError as error:
+        from django.db import connection
+
         from backup_platform.settings import masked_url
 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = masked_url(settings.DATABASE_URL)
-        sys.stderr.write(f"error: the database cannot be reached (DATABASE_URL={where}): {reason}\n")
+        try:
+            connection.ensure_connection()
+        except OperationalError:
+            sys.stderr.write(f"error: the database cannot be reached (DATABASE_URL={where}): {reason}\n")
+        else:  # reachable, so the error is about its content: most often tables not made yet
+            advice = "if its tables are missing, run `python manage.py migrate`"
+            sys.stderr.write(f"error: database error ({reason}); {advice}\n")
         sys.exit(2)
 
 

@@ -64,17 +64,16 @@ class BackupCollector(Collector):
             status.add_metric([last_finished.status], 1)
         yield status
         yield _gauge(
-            "backup_count",
+            "backup_backups",
             "Number of backups in the catalogue (folders in the backup root).",
             totals["count"] or 0,
         )
         yield _gauge(
             "backup_total_size_bytes", "Sum of the sizes of all catalogued backups.", totals["size"] or 0
         )
-        # A gauge despite the `_total` suffix: these are row counts, and the queued/running ones go down
-        # again, which a Prometheus counter must never do.
+        # Row counts, and the queued/running ones go down again: a gauge (so no `_total` suffix).
         runs = GaugeMetricFamily(
-            "backup_runs_total", "Number of recorded backup runs, by status.", labels=["status"]
+            "backup_runs", "Number of recorded backup runs, by status.", labels=["status"]
         )
         for value in RunStatus.values:
             runs.add_metric([value], by_status.get(value, 0))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -82,19 +84,19 @@ def test_metrics_of_an_empty_service_are_zero_and_declare_every_metric(backup_ro
     assert value(series, "backup_last_success_timestamp_seconds") == 0
     assert value(series, "backup_last_run_duration_seconds") == 0
     assert not [key for key in series if key[0] == "backup_last_run_status"]
-    assert value(series, "backup_count") == 0
+    assert value(series, "backup_backups") == 0
     assert value(series, "backup_total_size_bytes") == 0
     for status in RunStatus.values:
-        assert value(series, "backup_runs_total", status=status) == 0
+        assert value(series, "backup_runs", status=status) == 0
     assert value(series, "backup_worker_up") == 0
     assert value(series, "backup_running") == 0
     assert set(types) == {
         "backup_last_success_timestamp_seconds",
         "backup_last_run_duration_seconds",
         "backup_last_run_status",
-        "backup_count",
+        "backup_backups",
         "backup_total_size_bytes",
-        "backup_runs_total",
+        "backup_runs",
         "backup_disk_free_bytes",
         "backup_disk_total_bytes",
         "backup_worker_up",
@@ -127,11 +129,11 @@ def test_metrics_match_the_runs_and_backups_in_the_database(backup_root: Path) -
         ("backup_last_run_status", frozenset({("status", "failed")}))
     ]
     assert value(series, "backup_last_run_status", status="failed") == 1
-    assert value(series, "backup_count") == 2 == Backup.objects.count()
+    assert value(series, "backup_backups") == 2 == Backup.objects.count()
     assert value(series, "backup_total_size_bytes") == 1000 + 4 + 2500
     expected = {"succeeded": 2, "failed": 1, "cancelled": 1, "queued": 1}
     for status in RunStatus.values:
-        assert value(series, "backup_runs_total", status=status) == expected.get(status, 0), status
+        assert value(series, "backup_runs", status=status) == expected.get(status, 0), status
     assert value(series, "backup_running") == 1
 
 
@@ -147,12 +149,12 @@ def test_backup_running_follows_the_active_run(backup_root: Path) -> None:
 
 def test_new_folders_on_disk_show_up_in_the_next_scrape(backup_root: Path) -> None:
     client = Client()
-    assert value(scrape(client)[0], "backup_count") == 0
+    assert value(scrape(client)[0], "backup_backups") == 0
 
     make_backup(backup_root, "backup-20260103_030000", {"database.sql": b"z" * 300})
     series, _ = scrape(client)
 
-    assert value(series, "backup_count") == 1
+    assert value(series, "backup_backups") == 1
     assert value(series, "backup_total_size_bytes") == 300
 
 
@@ -190,7 +192,7 @@ def test_token_is_required_when_configured(backup_root: Path, settings) -> None:
         assert b"backup_" not in response.content
 
     series, _ = scrape(client, Authorization=f"Bearer {TOKEN}")
-    assert ("backup_count", frozenset()) in series
+    assert ("backup_backups", frozenset()) in series
 
 
 def test_a_non_ascii_token_is_refused_not_crashed(backup_root: Path, settings) -> None:
@@ -230,3 +232,13 @@ def test_backups_whose_verification_failed_are_counted(backup_root: Path) -> Non
     series, _ = scrape()
     assert value(series, "backup_verification_state_backups", state="failed") == 1
     assert value(series, "backup_verification_state_backups", state="never") == 1
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) is not installed")
+def test_promtool_finds_nothing_to_lint_in_a_scrape(backup_root: Path) -> None:
+    make_backup(backup_root, "backup-20260101_030000")
+    add_run(RunStatus.SUCCEEDED, started=timezone.now(), seconds=3)
+    text = Client().get("/metrics").content
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+    complaints = done.stdout + done.stderr
+    assert done.returncode == 0 and not complaints.strip(), complaints
