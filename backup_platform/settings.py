@@ -49,6 +49,8 @@ def envint(name: str, default: int, minimum: int | None = None, maximum: int | N
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
         raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 
@@ -289,6 +291,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "backups.api.schema.contract_paths",
+        "backups.api.schema.error_responses",
     ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -23,6 +23,20 @@ class Pagination(PageNumberPagination):
             raise ValidationError({"page_size": [f"Must be an integer from 1 to {self.max_page_size}."]})
         return int(raw)
 
+    def get_schema_operation_parameters(self, view: object) -> list[dict[str, object]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": 50,
+                }
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
+
 
 def choice_param(request: Request, name: str, choices: Sequence[str]) -> str | None:
     value = request.query_params.get(name)

@@ -124,3 +124,45 @@ def contract_paths(result: dict[str, Any], generator: Any, request: Any, public:
     result["paths"] = dict(sorted(paths.items()))
     result.setdefault("components", {}).setdefault("schemas", {})["Health"] = HEALTH_SCHEMA
     return result
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": 'DRF\'s error shapes: {"detail": "..."}, or {"field": ["message", ...]} '
+    "(nested for documents).",
+    "properties": {"detail": {"type": "string"}},
+    "additionalProperties": True,
+}
+_ERROR = {"content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+ERRORS = {
+    "400": "the request is malformed or a value is refused (nothing changed)",
+    "401": "no token, or a token that is invalid, expired or badly signed",
+    "403": "a valid token without the SUPER_ADMIN role",
+    "404": "no such backup, run or file",
+    "409": "refused in the current state: a run is queued or running, the backup is pinned or running, ...",
+    "429": "too many requests: see Retry-After",
+}
+
+
+def error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular hook: every operation lists the errors the API really answers (schema fuzzers
+    check undocumented status codes too); request bodies refuse unknown keys, which the document says."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for path, item in result.get("paths", {}).items():
+        if path in EXTRA_PATHS:
+            continue
+        for method, operation in item.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue
+            codes = ["400", "401", "403", "429"]
+            if "{" in path:
+                codes.append("404")
+            if method in {"post", "put", "patch", "delete"}:
+                codes.append("409")
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(code, {"description": ERRORS[code], **_ERROR})
+    for name, schema in result["components"]["schemas"].items():
+        if name.endswith("Request") and schema.get("type") == "object":
+            schema["additionalProperties"] = False
+    return result

@@ -73,3 +73,38 @@ def test_the_interactive_page_loads_its_assets_from_the_service(admin_client):
     assert assets, "Swagger UI's files must be served under /static/"
     for asset in assets:
         assert admin_client.get(asset).status_code == 200, asset
+
+
+def test_every_operation_documents_the_errors_it_can_answer(document):
+    for path, item in document["paths"].items():
+        if path in ("/health", "/api/schema/", "/api/docs/"):
+            continue
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            codes = set(operation["responses"])
+            assert {"400", "401", "403", "429"} <= codes, (method, path, codes)
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            if method != "get":
+                assert "409" in codes, (method, path)
+
+
+def test_request_bodies_refuse_unknown_keys_and_say_so(document, api):
+    requests = {
+        name: schema for name, schema in document["components"]["schemas"].items() if name.endswith("Request")
+    }
+    assert requests and all(schema.get("additionalProperties") is False for schema in requests.values())
+    assert api.post("/api/backup/create", {"typo": 1}, format="json").status_code == 400
+
+
+def test_the_page_size_bounds_are_documented(document):
+    parameters = document["paths"]["/api/backup/list"]["get"]["parameters"]
+    [page_size] = [p for p in parameters if p["name"] == "page_size"]
+    assert page_size["schema"]["minimum"] == 1 and page_size["schema"]["maximum"] == 500
+
+
+@pytest.mark.parametrize("query", ["source=", "lines=", "source=&lines=5"])
+def test_an_empty_query_value_is_a_400_not_the_default(api, backup_root, query):
+    response = api.get(f"/api/backup/logs?{query}")
+    assert response.status_code == 400 and response.json()

@@ -43,7 +43,6 @@ class BackupViewSet(viewsets.GenericViewSet):
         parameters=[
             OpenApiParameter("status", str, enum=BackupStatus.values),
             OpenApiParameter("ordering", str, enum=list(selectors.ORDERINGS)),
-            OpenApiParameter("page_size", int, description="1-500, default 50"),
         ],
         responses=BackupListSerializer(many=True),
     )
