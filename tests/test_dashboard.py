@@ -10,6 +10,7 @@ import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -24,6 +25,7 @@ from django.urls import reverse
 from backup_platform.asgi import application
 from backups.audit import Actor
 from backups.catalogue import latest, sync
+from backups.config.services import config_update
 from backups.download_links import signed_download_url
 from backups.models import Run, RunStatus
 from backups.runs.services import run_enqueue
@@ -264,3 +266,30 @@ def test_an_expired_link_is_refused(
 def test_a_tampered_link_is_refused(client: Client, admin_user: User, backups_on_disk: Path) -> None:
     link = signed_download_url(A, admin_user)
     assert client.get(link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")).status_code == 401
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/backup/status", "/api/backup/list?page=2"])
+def test_an_anonymous_browser_is_sent_to_the_login_and_back(client, backup_root, path):
+    response = client.get(path, headers=BROWSER)
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/login/?{urlencode({'next': path})}"
+
+
+def test_an_api_client_without_a_token_still_gets_the_json_401(client, backup_root):
+    response = client.get("/api/backup/status", headers={"Accept": "application/json"})
+    assert response.status_code == 401 and response.json()["detail"] and response["WWW-Authenticate"]
+
+
+def test_the_health_banner_says_what_is_wrong_and_what_to_do(admin_client, backup_root, settings):
+    settings.BACKUP_SCRIPT = backup_root / "missing.sh"
+    config_update(document={"enabled": False}, actor=Actor("t"), partial=True)
+    index = admin_client.get("/admin/").content.decode()
+    for expected in ("No backup worker has been seen", "backup script is missing", "schedule is off"):
+        assert expected in index
+    status = admin_client.get("/api/backup/status").json()
+    messages = [notice["message"] for notice in status["notices"]]
+    assert any("No backup worker" in m for m in messages) and status["notices"][0]["level"] == "error"
+    assert all(notice["action"] for notice in status["notices"])

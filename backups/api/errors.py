@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -30,6 +33,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": "The backup root is not readable right now."}, status=503)
     if isinstance(exc, ConfigInvalid):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, exceptions.NotAuthenticated) and request is not None and _is_browser_page(request):
+        # A person who opened the docs or the browsable API without logging in: the login page, then back.
+        return HttpResponseRedirect(
+            f"{reverse('admin:login')}?{urlencode({'next': request.get_full_path()})}"
+        )
     response = drf_exception_handler(exc, context)
     if request is not None and isinstance(
         exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.PermissionDenied)
@@ -42,6 +50,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if isinstance(response.data, dict) and "messages" in response.data:
             response.data.pop("messages")
     return response
+
+
+def _is_browser_page(request: Any) -> bool:
+    """A browser asking for a page (HTML first in Accept, no credentials at all); API clients and
+    scripts keep their JSON 401."""
+    if request.method != "GET" or request.headers.get("Authorization"):
+        return False
+    accept = request.headers.get("Accept", "")
+    return accept.startswith("text/html") or accept.startswith("application/xhtml")
 
 
 def _audit_refusal(request: Any, exc: Exception) -> None:

@@ -18,6 +18,7 @@ from backups.catalogue import selectors as catalogue_selectors
 from backups.catalogue.paths import disk_usage
 from backups.config.selectors import config_current, next_scheduled_at
 from backups.runs import selectors as run_selectors
+from backups.status import banner
 from backups.status.script import script_available
 from backups.worker.lease import worker_alive
 
@@ -41,6 +42,7 @@ def status() -> dict[str, Any]:
         "disk": {"total_bytes": total_bytes, "free_bytes": free_bytes},
         "script": {"available": script_available()},
         "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
+        "notices": banner.notices(),
     }
 
 

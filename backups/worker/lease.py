@@ -109,3 +109,11 @@ def worker_alive() -> bool:
     if lease is None or not lease.holder:
         return False
     return lease.renewed_at >= timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS)
+
+
+def worker_last_seen_seconds() -> float | None:
+    """Seconds since a worker last renewed the lease; None when none ever held it."""
+    lease = WorkerLease.objects.filter(id=1).exclude(holder="").first()
+    if lease is None:
+        return None
+    return max(0.0, (timezone.now() - lease.renewed_at).total_seconds())

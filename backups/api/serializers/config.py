@@ -78,3 +78,9 @@ class ConfigDocumentSerializer(serializers.Serializer):
     verification = VerificationConfigSerializer(**OPTIONAL)
     offsite = OffsiteSerializer(**OPTIONAL)
     components = ComponentsSerializer()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="answered by PUT/PATCH when the document is accepted but deserves a word (schedule off, "
+        "every component off); sent back, it is ignored",
+    )

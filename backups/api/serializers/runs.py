@@ -86,6 +86,9 @@ class CreateRunSerializer(StrictSerializer):
 
 class RunEnvelopeSerializer(serializers.Serializer):
     run = RunSerializer()
+    warnings = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="e.g. no worker is running to take the run"
+    )
 
 
 class ConflictSerializer(serializers.Serializer):

@@ -27,6 +27,12 @@ class ScheduleStateSerializer(serializers.Serializer):
     schedule = serializers.CharField()
 
 
+class NoticeSerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=["error", "warning"])
+    message = serializers.CharField()
+    action = serializers.CharField()
+
+
 class StatusSerializer(serializers.Serializer):
     running = serializers.BooleanField()
     current_run = RunSerializer(allow_null=True)
@@ -37,3 +43,6 @@ class StatusSerializer(serializers.Serializer):
     disk = DiskSerializer()
     script = ScriptStateSerializer()
     config = ScheduleStateSerializer()
+    notices = NoticeSerializer(
+        many=True, help_text="what is wrong right now, worst first, each with what to do"
+    )

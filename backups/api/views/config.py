@@ -11,6 +11,7 @@ from backups.api.serializers.config import ConfigDocumentSerializer
 from backups.audit import Actor
 from backups.config.selectors import config_current
 from backups.config.services import config_update
+from backups.config.warnings import config_warnings
 
 # PATCH takes any subset of the document, nested keys included.
 PatchedConfigDocument = ConfigDocumentSerializer(partial=True)
@@ -23,10 +24,17 @@ class ConfigView(APIView):
 
     @extend_schema(request=ConfigDocumentSerializer, responses=ConfigDocumentSerializer)
     def put(self, request: Request) -> Response:
-        return Response(
-            config_update(document=request.data, actor=Actor.from_request(request), partial=False)
-        )
+        return self._save(request, partial=False)
 
     @extend_schema(request=PatchedConfigDocument, responses=ConfigDocumentSerializer)
     def patch(self, request: Request) -> Response:
-        return Response(config_update(document=request.data, actor=Actor.from_request(request), partial=True))
+        return self._save(request, partial=True)
+
+    def _save(self, request: Request, *, partial: bool) -> Response:
+        body = request.data
+        if isinstance(body, dict) and "warnings" in body:
+            # The answer's own read-only key: a client that sends back what it was given is not refused.
+            body = {key: value for key, value in body.items() if key != "warnings"}
+        document = config_update(document=body, actor=Actor.from_request(request), partial=partial)
+        warnings = config_warnings(document)
+        return Response({**document, "warnings": warnings} if warnings else document)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -21,6 +22,7 @@ from backups.audit import Actor
 from backups.runs import selectors
 from backups.runs.models import Run
 from backups.runs.services import run_enqueue, run_request_cancel
+from backups.worker.lease import worker_last_seen_seconds
 
 
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
@@ -52,7 +54,12 @@ class CreateBackupView(APIView):
             raise ParseError("The body must be a JSON object.")
         serializer = CreateRunSerializer(data=body)
         serializer.is_valid(raise_exception=True)
-        run = run_enqueue(
-            actor=Actor.from_request(request), description=serializer.validated_data["description"]
-        )
-        return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
+        description = serializer.validated_data["description"]
+        run = run_enqueue(actor=Actor.from_request(request), description=description)
+        answer: dict[str, object] = {"run": RunSerializer(run).data}
+        seen = worker_last_seen_seconds()
+        if seen is None or seen > settings.WORKER_STALE_SECONDS:
+            # Still queued (a worker may be starting), but nobody should wait for "within a second".
+            when = "ever" if seen is None else f"for {int(seen)} s"
+            answer["warnings"] = [f"No worker has been seen {when}; the run starts when one is running."]
+        return Response(answer, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,103 @@
+"""The health banner of the dashboard and the admin index: what is wrong right now, each with what to
+do about it, worst first. It reads; it never writes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from backups.catalogue.paths import CatalogueError, disk_usage
+from backups.config.selectors import config_current
+from backups.config.warnings import config_warnings
+from backups.runs.models import Run, RunKind, RunStatus
+from backups.runs.selectors import last_successful_run
+from backups.status.script import script_available
+from backups.worker.lease import worker_last_seen_seconds
+
+NEARLY_FULL = 0.90
+
+
+@dataclass(frozen=True)
+class Notice:
+    level: str  # "error" | "warning"
+    message: str
+    action: str
+
+
+def notices() -> list[dict[str, Any]]:
+    found: list[Notice] = []
+    seen = worker_last_seen_seconds()
+    if seen is None or seen > settings.WORKER_STALE_SECONDS:
+        when = "ever" if seen is None else f"for {int(seen)} s"
+        found.append(
+            Notice(
+                "error",
+                f"No backup worker has been seen {when}: queued and scheduled backups do not run.",
+                "Start `python manage.py backup_worker` (or `serve` without --no-worker) and check its log.",
+            )
+        )
+    if not script_available():
+        found.append(
+            Notice(
+                "error",
+                "The backup script is missing or not executable.",
+                "Check BACKUP_SCRIPT and `chmod +x` it; POST /api/backup/test-script says what is wrong.",
+            )
+        )
+    root = Path(settings.BACKUP_ROOT)
+    if not (root.is_dir() and os.access(root, os.W_OK | os.X_OK)):
+        found.append(
+            Notice("error", "The backup root is missing or not writable.", "Check BACKUP_ROOT and its owner.")
+        )
+    else:
+        try:
+            total, free = disk_usage(root)
+        except CatalogueError:
+            total, free = 0, 0
+        if total and 1 - free / total >= NEARLY_FULL:
+            found.append(
+                Notice(
+                    "warning",
+                    f"The disk of the backup root is {round(100 * (1 - free / total))} % full.",
+                    "Free space, or tighten retention (the config's retention counts).",
+                )
+            )
+    last = (
+        Run.objects.filter(kind=RunKind.BACKUP, finished_at__isnull=False)
+        .exclude(status=RunStatus.SKIPPED)
+        .order_by("-finished_at")
+        .first()
+    )
+    if last is not None and last.status != RunStatus.SUCCEEDED:
+        found.append(
+            Notice(
+                "error",
+                f"The last backup run {last.status}: {(last.error or last.status).splitlines()[0][:200]}",
+                "Read its log (Runs in the admin, or /api/backup/logs?source=run&run=<id>) and run it again.",
+            )
+        )
+    document = config_current()
+    stale_hours = document["notifications"]["staleAfterHours"] or 26
+    success = last_successful_run()
+    if success is None or success.finished_at < timezone.now() - timedelta(hours=stale_hours):
+        found.append(
+            Notice(
+                "warning",
+                f"No backup has succeeded in the last {stale_hours} h."
+                if success
+                else "No backup has succeeded yet.",
+                "Start one now, and check the schedule and the last runs.",
+            )
+        )
+    found.extend(
+        Notice("warning", text, "Change it in the configuration if this is not meant.")
+        for text in config_warnings(document)
+    )
+    found.sort(key=lambda notice: notice.level != "error")
+    return [asdict(notice) for notice in found]
