@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
@@ -27,6 +27,7 @@ from backups.runs import outcome, progress
 from backups.runs.models import Run, RunStatus
 from backups.runs.selectors import expected_duration
 from backups.runs.services import run_save_progress, run_set_backup, run_set_process
+from backups.worker.following import Following
 
 if TYPE_CHECKING:
     from backups.worker.loop import Worker
@@ -34,25 +35,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROGRESS_SAVE_SECONDS = 1.0
-CANCEL_CHECK_SECONDS = 0.5
 MESSAGE_EVENT_SECONDS = 0.05
 ERROR_LINES_KEPT = 40
 
 
-class RunLost(Exception):
-    """Neither a live script nor an exit status: the run cannot be followed again."""
-
-    def __init__(self, gone: runner.Gone) -> None:
-        super().__init__("the run's supervisor is gone and recorded no exit status")
-        self.gone = gone
-
-
-class RunExecution:
+class RunExecution(Following):
     """The state of one running script: progress, its folder, its error lines."""
 
     def __init__(self, worker: Worker, run: Run) -> None:
-        self.worker = worker
-        self.run = run
+        super().__init__(worker, run)
         self.root = Path(settings.BACKUP_ROOT)
         self.tracker = progress.ProgressTracker(expected_duration=expected_duration())
         self.output = runner.OutputBuffer(head_lines=200, tail_lines=1000)
@@ -61,11 +52,8 @@ class RunExecution:
         self.folder_named: str | None = None
         self.last_saved = 0.0
         self.last_event = 0.0
-        self.last_cancel_check = 0.0
         self.published: tuple[int, str, str] | None = None
-        self.cancelled = False
         self.disk_full = False
-        self.lease_lost = False
         self.floor_percent = 0
 
     def execute(self) -> Run:
@@ -115,22 +103,9 @@ class RunExecution:
             folder.name for folder in scan.list_folders(self.root) if folder.mtime_ns < started * 1e9
         }
         self.floor_percent = self.run.progress_percent
-        result = runner.attach(settings.BACKUP_STATE_DIR, str(self.run.id), **self.follow_options())
-        if isinstance(result, runner.Gone):
-            raise RunLost(result)
+        result = self.attach()
         logger.info("following a run again after a restart", extra={"run_id": str(self.run.id)})
         return self.end(result)
-
-    def follow_options(self) -> dict[str, Any]:
-        return {
-            "timeout": settings.BACKUP_RUN_TIMEOUT,
-            "on_lines": self.on_lines,
-            "on_tick": self.on_tick,
-            "should_stop": self.should_stop,
-            "tick_seconds": 0.25,
-            "kill_grace_seconds": settings.BACKUP_KILL_GRACE_SECONDS,
-            "output": self.output,
-        }
 
     def end(self, result: runner.RunResult) -> Run:
         """Record how the run ended, unless this worker only stopped following it."""
@@ -221,25 +196,8 @@ class RunExecution:
                 present = []
             self.tracker.feed_artifacts(present)
             self.tracker.feed_elapsed(elapsed)
-        if not self.worker.hold_lease():
-            # Another worker holds the lease now and will treat this run as orphaned: stop the script
-            # rather than let two backups run at once.
-            self.lease_lost = True
-        self.worker.schedule_tick()
+        super().on_tick(elapsed)
         self.publish()
-
-    def should_stop(self) -> runner.EndReason | None:
-        if self.lease_lost:
-            return runner.EndReason.SHUTDOWN
-        deadline = self.worker.shutdown_deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            # The service stops, the backup does not: its supervisor keeps writing, the next worker follows.
-            return runner.EndReason.DETACHED
-        now = time.monotonic()
-        if now - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
-            self.last_cancel_check = now
-            self.cancelled = Run.objects.filter(id=self.run.id, cancel_requested=True).exists()
-        return runner.EndReason.CANCELLED if self.cancelled else None
 
     # --- helpers ----------------------------------------------------------------------------------
 

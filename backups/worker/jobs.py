@@ -20,13 +20,13 @@ from backups.runs import outcome
 from backups.runs.models import Run, RunStatus
 from backups.runs.services import job_finish, run_set_process
 from backups.verification import services as verification
+from backups.worker.following import Following
 
 if TYPE_CHECKING:
     from backups.worker.loop import Worker
 
 logger = logging.getLogger(__name__)
 
-CANCEL_CHECK_SECONDS = 0.5
 PROGRESS_SAVE_SECONDS = 1.0
 
 
@@ -49,10 +49,9 @@ KINDS: dict[str, JobKind] = {
 }
 
 
-class JobExecution:
+class JobExecution(Following):
     def __init__(self, worker: Worker, run: Run) -> None:
-        self.worker = worker
-        self.run = run
+        super().__init__(worker, run)
         self.kind = KINDS[run.kind]
         self.output = runner.OutputBuffer(head_lines=200, tail_lines=1000)
         self.percent = run.progress_percent
@@ -60,9 +59,6 @@ class JobExecution:
         self.result: dict[str, Any] = {}
         self.errors: list[str] = []
         self.last_saved = 0.0
-        self.last_cancel_check = 0.0
-        self.cancelled = False
-        self.lease_lost = False
 
     def execute(self) -> Run:
         try:
@@ -91,23 +87,10 @@ class JobExecution:
         return self.end(result)
 
     def resume(self) -> Run:
-        result = runner.attach(settings.BACKUP_STATE_DIR, str(self.run.id), **self.follow_options())
-        if isinstance(result, runner.Gone):
-            from backups.worker.execution import RunLost
+        return self.end(self.attach())
 
-            raise RunLost(result)
-        return self.end(result)
-
-    def follow_options(self) -> dict[str, Any]:
-        return {
-            "timeout": self.kind.timeout_seconds(),
-            "on_lines": self.on_lines,
-            "on_tick": self.on_tick,
-            "should_stop": self.should_stop,
-            "tick_seconds": 0.25,
-            "kill_grace_seconds": settings.BACKUP_KILL_GRACE_SECONDS,
-            "output": self.output,
-        }
+    def timeout_seconds(self) -> int:
+        return self.kind.timeout_seconds()
 
     def end(self, result: runner.RunResult) -> Run:
         if result.reason == runner.EndReason.DETACHED:
@@ -166,22 +149,8 @@ class JobExecution:
         self.publish()
 
     def on_tick(self, elapsed: float) -> None:
-        if not self.worker.hold_lease():
-            self.lease_lost = True
-        self.worker.schedule_tick()
+        super().on_tick(elapsed)
         self.publish()
-
-    def should_stop(self) -> runner.EndReason | None:
-        if self.lease_lost:
-            return runner.EndReason.SHUTDOWN
-        deadline = self.worker.shutdown_deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            return runner.EndReason.DETACHED
-        now = time.monotonic()
-        if now - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
-            self.last_cancel_check = now
-            self.cancelled = Run.objects.filter(id=self.run.id, cancel_requested=True).exists()
-        return runner.EndReason.CANCELLED if self.cancelled else None
 
     def publish(self, force: bool = False) -> None:
         events.broadcast(

@@ -27,7 +27,8 @@ from backups.runs.selectors import next_queued_run
 from backups.runs.services import run_claim, run_finish
 from backups.verification.step import drop_scratch_leftovers, start_due_verification, verify_new_backups
 from backups.worker import schedule
-from backups.worker.execution import RunExecution, RunLost
+from backups.worker.execution import RunExecution
+from backups.worker.following import RunLost
 from backups.worker.jobs import JobExecution
 from backups.worker.lease import Lease, holder_name
 
