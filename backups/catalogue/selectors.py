@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet, Sum
 
 from backups.catalogue.models import Backup, BackupStatus
-from backups.catalogue.paths import LATEST_LINK, BackupNotFound, resolve
+from backups.catalogue.paths import LATEST_LINK, BackupNotFound, check_backup
 from backups.errors import NotFound
 
 ORDERINGS = ("created_at", "-created_at", "size_bytes", "-size_bytes")
@@ -31,7 +31,7 @@ def get_backup(backup_id: str) -> Backup:
             raise NotFound("No completed backup yet.")
         return backup
     try:
-        resolve(Path(settings.BACKUP_ROOT), backup_id)
+        check_backup(Path(settings.BACKUP_ROOT), backup_id)
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
     backup = Backup.objects.filter(id=backup_id).first()

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from backups.catalogue.paths import BackupNotFound, CatalogueError, open_member, open_verified
+from backups.catalogue.paths import BackupNotFound, CatalogueError, DirChain, backup_dir, open_member_at
 
 MANIFEST_NAME = "MANIFEST.sha256"
 MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
@@ -17,30 +17,48 @@ def verify_manifest(root: Path, backup_id: str) -> bool | None:
 
     None when the backup has no manifest (nothing to verify against); False when the manifest is
     unreadable or empty, names a file that is missing or unsafe, or a digest differs; True otherwise.
-    Every listed path goes through open_member, so a manifest cannot make this read outside the root.
+    The folder is opened once and every listed path is opened beneath it, one component at a time with
+    no symlink followed, so a manifest (or a tree changed meanwhile) cannot make this read outside it.
     """
     try:
-        manifest_path, manifest_stat = open_member(root, backup_id, MANIFEST_NAME)
+        with backup_dir(root, backup_id) as folder:
+            return _verify(folder)
+    except BackupNotFound:
+        return None
+    except CatalogueError:
+        return False
+
+
+def _verify(folder: int) -> bool | None:
+    try:
+        manifest = open_member_at(folder, MANIFEST_NAME)
     except BackupNotFound:
         return None
     try:
-        with open_verified(manifest_path, manifest_stat) as handle:
-            lines = handle.read(16 << 20).decode("utf-8").splitlines()
-    except (BackupNotFound, CatalogueError, OSError, UnicodeDecodeError):
+        with manifest:
+            text = manifest.file.read(16 << 20).decode("utf-8")
+    except (CatalogueError, OSError, UnicodeDecodeError):
         return False
+    # sha256sum ends lines with \n only (a name holding a newline is escaped); U+2028 and friends are
+    # valid in names, so str.splitlines() would cut a line in two.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     entries = [MANIFEST_LINE.match(line) for line in lines if line.strip()]
     if not entries or any(match is None for match in entries):
         return False
-    for match in entries:
-        expected, rel_path = match.group(1).lower(), match.group(2).removeprefix("./")
-        digest = hashlib.sha256()
-        try:
-            path, file_stat = open_member(root, backup_id, rel_path)
-            with open_verified(path, file_stat) as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-        except (BackupNotFound, CatalogueError, OSError):
-            return False
-        if digest.hexdigest() != expected:
-            return False
+    chain = DirChain(folder)
+    try:
+        for match in entries:
+            assert match is not None
+            expected, rel_path = match.group(1).lower(), match.group(2).removeprefix("./")
+            digest = hashlib.sha256()
+            try:
+                with open_member_at(folder, rel_path, chain) as member:
+                    while chunk := member.file.read(1 << 20):
+                        digest.update(chunk)
+            except (BackupNotFound, CatalogueError, OSError):
+                return False
+            if digest.hexdigest() != expected:
+                return False
+    finally:
+        chain.close()
     return True

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from backups import events, runner
 from backups.catalogue import scan
-from backups.catalogue.paths import BackupNotFound, resolve
+from backups.catalogue.paths import BackupNotFound, CatalogueError, check_backup, list_entry_names
 from backups.config import document as config_document
 from backups.config.selectors import config_current
 from backups.runs import outcome, progress
@@ -154,8 +154,8 @@ class RunExecution:
             self.discover_folder()
         if self.run.backup_id and not self.tracker.saw_markers:
             try:
-                present = os.listdir(resolve(self.root, self.run.backup_id))
-            except (OSError, BackupNotFound):
+                present = list_entry_names(self.root, self.run.backup_id)
+            except CatalogueError:
                 present = []
             self.tracker.feed_artifacts(present)
             self.tracker.feed_elapsed(elapsed)
@@ -191,7 +191,7 @@ class RunExecution:
         candidates.extend(reversed(appeared))
         for name in candidates:
             try:
-                resolve(self.root, name)
+                check_backup(self.root, name)
             except BackupNotFound:
                 continue
             run_set_backup(run=self.run, backup_id=name)

@@ -17,6 +17,8 @@ class BackupFileSerializer(serializers.Serializer):
 
 class BackupSerializer(serializers.ModelSerializer):
     files = serializers.SerializerMethodField()
+    # What the last walk of the folder could not read; empty when it was read completely.
+    problems = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Backup
@@ -33,6 +35,7 @@ class BackupSerializer(serializers.ModelSerializer):
             "triggered_by",
             "file_count",
             "run_id",
+            "problems",
             "files",
         ]
         read_only_fields = fields
