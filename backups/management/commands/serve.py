@@ -1,4 +1,5 @@
-"""`manage.py serve`: uvicorn (streams with back-pressure) plus, by default, the worker in a thread.
+"""`manage.py serve`: uvicorn (streams with back-pressure; limits in `backups.server`) plus, by
+default, the worker in a thread.
 
 SIGTERM/SIGINT: stop taking runs, give a running backup SHUTDOWN_GRACE_SECONDS, end its process group
 if it is still going (the run is marked interrupted and the clients told), then close the server.
@@ -19,6 +20,7 @@ from django.core.management.base import BaseCommand
 
 from backups import events
 from backups.catalogue.services import ensure_backup_root
+from backups.server import uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,19 +64,7 @@ class Command(BaseCommand):
         ensure_backup_root()
 
         worker = None if no_worker else Worker(label="serve")
-        config = uvicorn.Config(
-            "backup_platform.asgi:application",
-            host=host,
-            port=port,
-            lifespan="off",
-            log_config=None,
-            ws_ping_interval=settings.WS_PING_INTERVAL_SECONDS,
-            ws_ping_timeout=settings.WS_PING_INTERVAL_SECONDS,
-            timeout_graceful_shutdown=10,
-            proxy_headers=True,
-            server_header=False,
-            access_log=False,
-        )
+        config = uvicorn_config("backup_platform.asgi:application", host=host, port=port)
         worker_thread: threading.Thread | None = None
 
         def shut_down() -> None:
