@@ -59,3 +59,8 @@ def newest_backup() -> Backup | None:
 def totals() -> dict[str, int]:
     aggregate = Backup.objects.aggregate(total=Sum("size_bytes"))
     return {"count": Backup.objects.count(), "total_size_bytes": aggregate["total"] or 0}
+
+
+def unreadable_count() -> int:
+    """Folders the last sync could not read completely (their `problems` say what)."""
+    return Backup.objects.exclude(problems=[]).count()
