@@ -98,7 +98,7 @@ if DEBUG and "ALLOWED_HOSTS" not in os.environ:
     ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backup_platform.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
