@@ -11,7 +11,6 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 
-
 class BackupAdminSite(admin.AdminSite):
     """The admin site (Django's default site, through `backup_platform.apps.AdminConfig`).
 
