@@ -7,10 +7,13 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from backups import events, runner
 from backups.catalogue import scan
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from backups.worker.loop import Worker
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PROGRESS_SAVE_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 0.5
@@ -52,6 +57,7 @@ class RunExecution:
         self.cancelled = False
         self.disk_full = False
         self.lease_lost = False
+        self.failing_writes: set[str] = set()
 
     def execute(self) -> Run:
         document = config_current()
@@ -117,7 +123,7 @@ class RunExecution:
     # --- runner callbacks (all on the worker's thread) --------------------------------------------
 
     def on_start(self, pid: int) -> None:
-        run_set_process(run=self.run, pgid=pid)
+        self.tolerate("the script's process group", lambda: run_set_process(run=self.run, pgid=pid))
 
     def on_lines(self, batch: list[tuple[str, str]]) -> None:
         # Called for every chunk the script prints (a million lines a run is possible): look at the
@@ -159,11 +165,12 @@ class RunExecution:
                 present = []
             self.tracker.feed_artifacts(present)
             self.tracker.feed_elapsed(elapsed)
-        if not self.worker.hold_lease():
+        holding = self.tolerate_value("the worker lease", self.worker.hold_lease, default=True)
+        if not holding:
             # Another worker holds the lease now and will treat this run as orphaned: stop the script
             # rather than let two backups run at once.
             self.lease_lost = True
-        self.worker.schedule_tick()
+        self.tolerate("the schedule", self.worker.schedule_tick)
         self.publish()
 
     def should_stop(self) -> runner.EndReason | None:
@@ -175,7 +182,11 @@ class RunExecution:
         now = time.monotonic()
         if now - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
             self.last_cancel_check = now
-            self.cancelled = Run.objects.filter(id=self.run.id, cancel_requested=True).exists()
+            self.cancelled = self.tolerate_value(
+                "the cancel flag",
+                lambda: Run.objects.filter(id=self.run.id, cancel_requested=True).exists(),
+                default=self.cancelled,
+            )
         return runner.EndReason.CANCELLED if self.cancelled else None
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -194,7 +205,8 @@ class RunExecution:
                 check_backup(self.root, name)
             except BackupNotFound:
                 continue
-            run_set_backup(run=self.run, backup_id=name)
+            if not self.tolerate("the run's folder", partial(run_set_backup, run=self.run, backup_id=name)):
+                self.run.backup_id = ""  # not recorded: found again on the next tick
             return
 
     def publish(self, force: bool = False) -> None:
@@ -218,8 +230,36 @@ class RunExecution:
             self.published = key
             self.last_event = now
         if force or now - self.last_saved >= PROGRESS_SAVE_SECONDS:
-            run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=state.message)
-            Run.objects.filter(id=self.run.id).update(
-                output=self.output_text(), output_lines=self.output.total_lines
-            )
+            # A failed write is dropped, and the next one is tried after the usual interval; the final
+            # state is written by run_finish whatever happened here.
+            self.tolerate("progress", self.save_progress)
             self.last_saved = now
+
+    def save_progress(self) -> None:
+        state = self.tracker.current
+        run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=state.message)
+        Run.objects.filter(id=self.run.id).update(
+            output=self.output_text(), output_lines=self.output.total_lines
+        )
+
+    def tolerate(self, what: str, write: Callable[[], object]) -> bool:
+        """Run a database call the backup can do without: if the database refuses it (an outage, a full
+        disk, a lock held too long), log it once per streak of failures and let the script go on, rather
+        than let the exception end the run. True when it succeeded."""
+        try:
+            write()
+        except DatabaseError:
+            if what not in self.failing_writes:
+                logger.warning(
+                    "could not save %s; the backup goes on and it is tried again", what, exc_info=True
+                )
+            self.failing_writes.add(what)
+            return False
+        if what in self.failing_writes:
+            self.failing_writes.discard(what)
+            logger.info("saving %s works again", what)
+        return True
+
+    def tolerate_value(self, what: str, read: Callable[[], T], *, default: T) -> T:
+        result: list[T] = []
+        return result[0] if self.tolerate(what, lambda: result.append(read())) else default
