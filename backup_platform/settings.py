@@ -308,6 +308,8 @@ SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+# Under /api/ a refused CSRF check answers in JSON like every other error (pages keep Django's).
+CSRF_FAILURE_VIEW = "backups.api.errors.csrf_failure"
 
 # --- channels, cache ------------------------------------------------------------------------------
 

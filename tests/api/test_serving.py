@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import json
 import os
 import socket
 import tarfile
@@ -133,8 +134,6 @@ def test_a_tree_longer_than_path_max_is_listed_and_downloadable_and_the_others_a
     rel = "/".join(names) + "/deep.txt"
     assert len(rel) > 4096
     server = start_server()
-    import json
-
     status, _, body = get(server, "/api/backup/list")
     assert status == 200 and json.loads(body)["count"] == 2
     status, _, body = get(server, f"/api/backup/{BACKUP}")
@@ -354,8 +353,6 @@ def test_connections_that_do_not_finish_their_headers_are_closed(start_server, t
 
 def _refused_from(server, forwarded: str) -> str | None:
     """The client address the audit trail recorded for a refused request carrying X-Forwarded-For."""
-    import json
-
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     connection.request("GET", "/api/backup/status", headers={"X-Forwarded-For": forwarded})
     assert connection.getresponse().status == 401
@@ -375,3 +372,17 @@ def test_forwarded_headers_are_ignored_unless_behind_a_trusted_proxy(start_serve
     behind.stop()
     elsewhere = start_server(BEHIND_PROXY="1", FORWARDED_ALLOW_IPS="192.0.2.1")
     assert _refused_from(elsewhere, "203.0.113.9") == "127.0.0.1"
+
+
+def test_a_request_the_server_cannot_parse_is_answered_in_json(start_server, tmp_path):
+    server = start_server()
+    for raw in (b"NOT HTTP AT ALL\r\n\r\n", b"GET /api/backup/status HTTP/1.1\r\nBad Header\r\n\r\n"):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+        assert json.loads(body) == {"detail": "Invalid HTTP request."}
