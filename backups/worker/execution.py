@@ -104,13 +104,14 @@ class RunExecution:
                 timeout_seconds=settings.BACKUP_RUN_TIMEOUT,
                 shutdown_grace_seconds=settings.SHUTDOWN_GRACE_SECONDS,
                 script_dir=str(script_dir),
+                backup_root=str(self.root),
             ),
             output=self.output_text(),
             output_lines=self.output.total_lines,
         )
         final = self.tracker.finish(end.status == RunStatus.SUCCEEDED)
         stage = final.stage if end.status in (RunStatus.SUCCEEDED, RunStatus.FAILED) else end.status
-        return self.worker.finish(self.run, end, final.percent, stage, final.message)
+        return self.worker.finish(self.run, end, final.percent, stage, self.public(final.message))
 
     def output_text(self) -> str:
         pairs = self.output.lines()
@@ -213,6 +214,7 @@ class RunExecution:
         """Progress to the clients (coalesced in `events`) and, less often, to the database."""
         state = self.tracker.current
         key = (state.percent, state.stage, state.message)
+        message = self.public(state.message)
         now = time.monotonic()
         changed = key != self.published
         if changed and (
@@ -224,7 +226,7 @@ class RunExecution:
             events.broadcast(
                 events.BACKUP_PROGRESS,
                 events.progress_payload(
-                    str(self.run.id), self.run.backup_id, state.percent, state.stage, state.message
+                    str(self.run.id), self.run.backup_id, state.percent, state.stage, message
                 ),
             )
             self.published = key
@@ -237,10 +239,15 @@ class RunExecution:
 
     def save_progress(self) -> None:
         state = self.tracker.current
-        run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=state.message)
+        message = self.public(state.message)
+        run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=message)
         Run.objects.filter(id=self.run.id).update(
             output=self.output_text(), output_lines=self.output.total_lines
         )
+
+    def public(self, text: str) -> str:
+        """A line of the script as every client may read it: no path outside the backup root."""
+        return outcome.scrub_paths(text, str(self.root)) if "/" in text else text
 
     def tolerate(self, what: str, write: Callable[[], object]) -> bool:
         """Run a database call the backup can do without: if the database refuses it (an outage, a full

@@ -61,3 +61,24 @@ for step in 1 2 3 4 5 6 7; do echo "[$step/7] step $step"; echo x > "$d/part$ste
     assert run.progress_percent == 100 and "[7/7]" in run.output
     warnings = [r for r in caplog.records if "could not save progress" in r.getMessage()]
     assert len(warnings) == 1  # once per streak of failures, not once per line
+
+
+def test_a_failed_run_names_no_path_outside_the_root(worker, tmp_path, settings, backup_root, api):  # noqa: F811
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
+d="$BACKUP_ROOT/backup-20260101_030000"; mkdir -p "$d"
+echo "[1/7] archiving $BACKUP_APP_DIR"
+echo "tar: $BACKUP_APP_DIR/node_modules: Cannot open: Permission denied" >&2
+echo "cannot write $d/db.sql" >&2
+pg_dump_that_does_not_exist --file "$d/db.sql"
+""",
+    )
+    run = run_once(worker)
+    assert run.status == RunStatus.FAILED
+    assert "command not found" in run.error and "Cannot open" in run.error
+    document = api.get(f"/api/backup/runs/{run.id}").json()
+    for text in (run.error, document["error"], document["progress"]["message"], run.progress_message):
+        for outside in (str(tmp_path), "/tmp/", "/usr/", "/bin/"):
+            assert outside not in text.replace(str(backup_root), ""), text
+    assert "…/backup.sh: line" in run.error and "$BACKUP_ROOT/backup-20260101_030000/db.sql" in run.error
