@@ -213,10 +213,10 @@ class _Openat2:
     """openat2(2) through ctypes, when the kernel and the architecture have it; None otherwise."""
 
     def __init__(self) -> None:
-        self.enabled = os.environ.get("BACKUP_NO_OPENAT2", "") == ""
+        self.enabled = True
         self._syscall: Callable[..., int] | None = None
         self._number = _OPENAT2_SYSCALLS.get(platform.machine())
-        if self._number is None or not self.enabled:
+        if self._number is None:
             self.enabled = False
             return
         try:
@@ -275,14 +275,17 @@ def member_parts(rel_path: str) -> list[str]:
 class DirChain:
     """Descriptors of the directories along one path below a folder, kept while consecutive opens stay
     in the same place (a sorted listing walks siblings in a row), and capped so a very deep tree never
-    holds more than `max_open` descriptors: a closed ancestor is opened again from the nearest one held.
+    holds more than `max_open` descriptors: the oldest ancestors are closed first, and opened again from
+    the folder if a later path needs them.
     """
 
     def __init__(self, base_fd: int, max_open: int = 64) -> None:
         self.base_fd = base_fd
-        self.max_open = max_open
+        self.max_open = max(2, max_open)
         self.names: list[str] = []
         self.fds: list[int | None] = []
+        # fds[:first_held] are closed, fds[first_held:] are open: closing always starts at the oldest.
+        self.first_held = 0
 
     def dir_fd(self, parts: list[str]) -> int:
         """The descriptor of the directory base/parts[0]/.../parts[-1]. Gone / CatalogueError."""
@@ -290,34 +293,27 @@ class DirChain:
         while common < min(len(parts), len(self.names)) and self.names[common] == parts[common]:
             common += 1
         self._truncate(common)
-        start = len(self.fds)
-        while start > 0 and self.fds[start - 1] is None:
-            start -= 1
-        # Re-open closed ancestors (if any) and then the new components, one by one.
-        for index in range(start, len(parts)):
+        if self.first_held >= len(self.fds):
+            self._truncate(0)  # nothing of the common part is still open: walk again from the folder
+        for index in range(len(self.fds), len(parts)):
             parent = self.base_fd if index == 0 else self.fds[index - 1]
             assert parent is not None
-            fd = open_dir_at(parent, parts[index])
-            if index < len(self.fds):
-                self.fds[index] = fd
-            else:
-                self.names.append(parts[index])
-                self.fds.append(fd)
+            self.fds.append(open_dir_at(parent, parts[index]))
+            self.names.append(parts[index])
             self._cap()
-        return self.base_fd if not parts else self._last()
-
-    def _last(self) -> int:
-        fd = self.fds[-1]
-        assert fd is not None
-        return fd
+        if not parts:
+            return self.base_fd
+        last = self.fds[-1]
+        assert last is not None
+        return last
 
     def _cap(self) -> None:
-        held = [i for i, fd in enumerate(self.fds) if fd is not None]
-        for index in held[: max(0, len(held) - self.max_open)]:
-            fd = self.fds[index]
-            assert fd is not None
-            os.close(fd)
-            self.fds[index] = None
+        while len(self.fds) - self.first_held > self.max_open:
+            fd = self.fds[self.first_held]
+            if fd is not None:
+                os.close(fd)
+            self.fds[self.first_held] = None
+            self.first_held += 1
 
     def _truncate(self, keep: int) -> None:
         while len(self.fds) > keep:
@@ -325,6 +321,7 @@ class DirChain:
             self.names.pop()
             if fd is not None:
                 os.close(fd)
+        self.first_held = min(self.first_held, len(self.fds))
 
     def close(self) -> None:
         self._truncate(0)

@@ -1160,3 +1160,23 @@ def test_verify_manifest_never_reads_outside_the_root(tmp_path: Path) -> None:
         assert quick.verify_manifest(root, folder.name) is False
     (folder / quick.MANIFEST_NAME).write_text("not a manifest\n")
     assert quick.verify_manifest(root, folder.name) is False
+
+
+def test_dir_chain_holds_few_descriptors_and_goes_back_up_safely(env: Env) -> None:
+    from backups.catalogue.paths import DirChain
+
+    _deep_tree(env.root / OLD / "chain", levels=40, width=50)
+    names = [f"{level:03d}" + "d" * 47 for level in range(40)]
+    before = _open_fds()
+    with backup_dir(env.root, OLD) as fd:
+        chain = DirChain(fd, max_open=4)
+        try:
+            for depth in (40, 10, 39, 1, 40, 0, 25):
+                parts = ["chain", *names[:depth]]
+                leaf = chain.dir_fd(parts)
+                assert "data.txt" in os.listdir(leaf) or depth == 0
+                assert _open_fds() <= before + 1 + 4
+            assert chain.dir_fd(["system-info"]) and "uname.txt" in os.listdir(chain.dir_fd(["system-info"]))
+        finally:
+            chain.close()
+    assert _open_fds() == before
