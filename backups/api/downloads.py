@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.cache import quote_etag
@@ -96,7 +97,9 @@ class BlockingSource:
                 logger.warning("could not release a download's file", exc_info=True)
 
 
-async def stream(source: BlockingSource, what: str) -> AsyncIterator[bytes]:
+async def stream(
+    source: BlockingSource, what: str, on_abort: Callable[[], None] | None = None
+) -> AsyncIterator[bytes]:
     try:
         while True:
             try:
@@ -105,6 +108,10 @@ async def stream(source: BlockingSource, what: str) -> AsyncIterator[bytes]:
                 # Headers (and a Content-Length) are out: the only honest signal left is a broken
                 # transfer. The ASGI guard in front of Django lets the server drop the connection.
                 logger.warning("download of %s aborted: %s", what, error)
+                if on_abort is not None:
+                    # Django skips the response's close() when its send fails: do it here, in the
+                    # request's thread, so request_finished still closes its database connections.
+                    await sync_to_async(on_abort)()
                 raise StreamAborted(str(error)) from None
             if chunk is None:
                 return
@@ -114,7 +121,9 @@ async def stream(source: BlockingSource, what: str) -> AsyncIterator[bytes]:
 
 
 def _streaming_response(source: BlockingSource, what: str, **kwargs: Any) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(stream(source, what), **kwargs)
+    closers: list[Callable[[], None]] = []
+    response = StreamingHttpResponse(stream(source, what, lambda: closers[0]()), **kwargs)
+    closers.append(response.close)
     # Also released when the response is closed without ever being streamed (an error after the view).
     response._resource_closers.append(source.close)
     return response

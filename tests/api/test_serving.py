@@ -199,17 +199,25 @@ def test_a_file_that_shrinks_mid_transfer_fails_the_transfer_instead_of_sending_
     folder = _big_backup(tmp_path / "backups")
     server = start_server()
     path = f"/api/backup/{BACKUP}/download" + ("?file=big.bin" if kind == "file" else "")
-    sock, headers, first = _start_download(server, path)
-    try:
-        assert headers[":status"] == "200"
-        length = int(headers["content-length"])
-        os.truncate(folder / "big.bin", 1 << 20)
-        received = _read_rest(sock, len(first), length)
-    finally:
-        sock.close()
-    assert received < length  # the connection was closed: the client knows the download failed
+    assert get(server, f"/api/backup/{BACKUP}/download?file=db.sql")[0] == 200
+    baseline = open_fds(server.process.pid)
+    for _ in range(10):
+        os.truncate(folder / "big.bin", 48 << 20)
+        sock, headers, first = _start_download(server, path)
+        try:
+            assert headers[":status"] == "200"
+            length = int(headers["content-length"])
+            os.truncate(folder / "big.bin", 1 << 20)
+            received = _read_rest(sock, len(first), length)
+        finally:
+            sock.close()
+        assert received < length  # the connection was closed: the client knows the download failed
     log = server.log()
     assert "aborted" in log and "Traceback" not in log
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and open_fds(server.process.pid) > baseline + 2:
+        time.sleep(0.2)
+    assert open_fds(server.process.pid) <= baseline + 2, sorted(os.listdir(f"/proc/{server.process.pid}/fd"))
 
 
 def test_clients_that_hang_up_mid_download_leave_no_open_files(start_server, tmp_path):

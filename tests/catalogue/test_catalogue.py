@@ -1180,3 +1180,42 @@ def test_dir_chain_holds_few_descriptors_and_goes_back_up_safely(env: Env) -> No
         finally:
             chain.close()
     assert _open_fds() == before
+
+
+def test_tar_streams_while_a_folder_is_swapped_for_a_symlink_never_read_outside(env: Env) -> None:
+    """The same swap race against the tar: each stream is a whole archive of the real files, or stops
+    with TarChanged; never a byte of the outside file."""
+    import threading
+
+    _write(env.outside / "app.env", SECRET * 10)
+    folder = env.root / OLD
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(folder / "configs", folder / "configs-real")
+            os.symlink(env.outside, folder / "configs")
+            time.sleep(0.0002)
+            os.unlink(folder / "configs")
+            os.rename(folder / "configs-real", folder / "configs")
+            time.sleep(0.0002)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes = {"whole": 0, "stopped": 0}
+    try:
+        for _ in range(300):
+            sent = bytearray()
+            try:
+                plan = plan_tar(env.root, OLD)
+                for chunk in iter_tar_chunks(plan, 4096):
+                    sent += chunk
+                assert len(sent) == plan.content_length
+                outcomes["whole"] += 1
+            except TarChanged:
+                outcomes["stopped"] += 1
+            assert SECRET not in sent
+    finally:
+        stop.set()
+        swapper.join()
+    assert outcomes["whole"] and outcomes["stopped"], outcomes
