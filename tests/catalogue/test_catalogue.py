@@ -1088,8 +1088,10 @@ def test_opens_below_a_folder_swapped_for_a_symlink_never_read_outside(env: Env,
         while not stop.is_set():
             os.rename(folder / "configs", folder / "configs-real")
             os.symlink(env.outside, folder / "configs")
+            time.sleep(0.0002)
             os.unlink(folder / "configs")
             os.rename(folder / "configs-real", folder / "configs")
+            time.sleep(0.0002)
 
     swapper = threading.Thread(target=swap)
     swapper.start()
