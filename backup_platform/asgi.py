@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django (1 MiB response chunks), WebSockets through Channels."""
+"""ASGI entry point: HTTP through the request guard (body limit, aborted downloads) and Django (2 MiB
+response chunks), WebSockets through Channels."""
 
 import os
 
@@ -11,6 +12,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
+from backups.asgi_guard import RequestGuard  # noqa: E402
 from backups.realtime.routing import BrowserOriginValidator, websocket_urlpatterns  # noqa: E402
 
 # Django splits each streamed part into 64 KiB ASGI messages; downloads yield 2 MiB parts, and sending
@@ -19,7 +21,7 @@ ASGIHandler.chunk_size = 1 << 21
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": RequestGuard(django_asgi_app),
         "websocket": BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

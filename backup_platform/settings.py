@@ -106,7 +106,7 @@ if DEBUG and "ALLOWED_HOSTS" not in os.environ:
     ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backup_platform.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -224,6 +224,20 @@ METRICS_TOKEN = env("METRICS_TOKEN")
 HOST = env("HOST", "0.0.0.0")
 PORT = envint("PORT", 6027, minimum=1, maximum=65535)
 
+# --- serving limits (manage.py serve) ---------------------------------------------------------------
+
+# A body above this is refused (413) from its Content-Length, before a byte of it is read; the API only
+# takes small JSON documents.
+MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 1 << 20, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Request line plus headers. Room for a `?file=` path deeper than PATH_MAX, far from a header bomb.
+MAX_HEADER_BYTES = envint("MAX_HEADER_BYTES", 64 * 1024, minimum=8 * 1024, maximum=16 * 1024 * 1024)
+# A connection that has not sent its complete headers this long after it opened (or after its previous
+# response) is closed: slow-header (slowloris) clients cannot hold connections for ever.
+HEADER_TIMEOUT_SECONDS = envint("HEADER_TIMEOUT_SECONDS", 10, minimum=1, maximum=3600)
+# Connections (and requests in progress) one serve process accepts; beyond it new requests get 503.
+MAX_CONNECTIONS = envint("MAX_CONNECTIONS", 512, minimum=8)
+
 # --- auth -----------------------------------------------------------------------------------------
 
 JWT_ALGORITHM = env("JWT_ALGORITHM", "HS256")
@@ -271,7 +285,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["backups.api.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "backups.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -318,12 +332,17 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_PROXY", False) else None
+BEHIND_PROXY = envbool("BEHIND_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
+# X-Forwarded-For/-Proto are applied (by serve) only with BEHIND_PROXY=1, and only from these peers.
+FORWARDED_ALLOW_IPS = envlist("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
 SESSION_COOKIE_HTTPONLY = True
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+# Under /api/ a refused CSRF check answers in JSON like every other error (pages keep Django's).
+CSRF_FAILURE_VIEW = "backups.api.errors.csrf_failure"
 
 # --- channels, cache ------------------------------------------------------------------------------
 

@@ -23,5 +23,7 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
 
+handler400 = "backups.api.errors.bad_request"
+handler403 = "backups.api.errors.permission_denied"
 handler404 = "backups.api.errors.not_found"
 handler500 = "backups.api.errors.server_error"

@@ -102,6 +102,18 @@ def _roles(claims: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+TIME_CLAIMS = ("exp", "nbf", "iat")
+# datetime's range ends in year 9999: a time claim beyond it cannot be a real moment.
+_LAST_TIMESTAMP = 253402300799
+
+
+def _valid_time(value: Any) -> bool:
+    """A NumericDate (RFC 7519): a JSON number, not a string or a boolean, within datetime's range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value == value and 0 <= value <= _LAST_TIMESTAMP  # value == value: not NaN
+
+
 def verify_token(raw: str | bytes) -> PlatformUser:
     """The user of a valid token, or TokenRefused with a short reason (never the token itself)."""
     if isinstance(raw, str):
@@ -112,7 +124,15 @@ def verify_token(raw: str | bytes) -> PlatformUser:
         token = PlatformToken(raw)
     except TokenError as error:
         raise TokenRefused(str(error.args[0]) if error.args else "Token is invalid") from None
+    except (TypeError, ValueError, OverflowError, OSError):
+        # A correctly signed token whose `exp` is a numeric string or 1e30 gets past PyJWT and then
+        # breaks simplejwt's datetime conversion. Whatever a signer put in a claim is a refusal here,
+        # never an error: every caller (REST, the rate limiter, the WebSocket) relies on that.
+        raise TokenRefused("Token has an invalid time claim") from None
     claims = dict(token.payload)
+    for claim in TIME_CLAIMS:
+        if claim in claims and not _valid_time(claims[claim]):
+            raise TokenRefused("Token has an invalid time claim")
     user_id = _user_id(claims)
     if user_id is None:
         raise TokenRefused("Token contained no recognizable user identification")

@@ -54,7 +54,9 @@ def rate_limit_key(group: str, request: HttpRequest) -> str:
     """The user id of a valid token, else the client's address. Verifying costs microseconds (HMAC)."""
     try:
         user = auth.user_from_authorization(request.headers.get("Authorization"))
-    except auth.TokenRefused:
+    except Exception:
+        # Any token that does not verify counts against its client's address; it must never reach the
+        # cache-outage path below, which lets requests through.
         user = None
     if user is not None:
         return f"user:{user.id}"
@@ -72,8 +74,10 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(EXEMPT_PREFIXES) or request.method == "OPTIONS":
             return self.get_response(request)
+        # The key is settled first, so that the only failures the try below can see are the cache's.
+        key = rate_limit_key("api", request)
         try:
-            usage = get_usage(request, group="api", key=rate_limit_key, rate=self.rate, increment=True)
+            usage = get_usage(request, group="api", key=lambda *_: key, rate=self.rate, increment=True)
         except Exception:
             # The shared cache is down: answer rather than lock every admin out (fail open, logged).
             logger.warning("rate limit cache unavailable; request let through", exc_info=True)

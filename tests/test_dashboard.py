@@ -3,13 +3,13 @@ signed links it (and the admin) hand to the browser for downloads."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import tarfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlencode
 
 import pytest
@@ -17,7 +17,6 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.core import signing
 from django.http import StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
@@ -249,17 +248,44 @@ def test_a_link_for_one_backup_does_not_open_another(
 
 @pytest.mark.django_db
 def test_an_expired_link_is_refused(
-    client: Client, admin_user: User, backups_on_disk: Path, monkeypatch: pytest.MonkeyPatch, settings
+    client: Client, admin_user: User, backups_on_disk: Path, settings
 ) -> None:
     settings.DOWNLOAD_LINK_TTL = 300
-    signed_earlier = time.time() - 301
-    with monkeypatch.context() as patch:
-        # Only the signing module's clock goes back: the link is made 301 s ago.
-        patch.setattr(signing, "time", SimpleNamespace(time=lambda: signed_earlier))
-        stale = signed_download_url(A, admin_user)
+    stale = signed_download_url(A, admin_user, now=time.time() - 301)  # made 301 s ago
     response = client.get(stale)
     assert response.status_code == 401
     assert "expired" in response.json()["detail"]
+    assert client.get(signed_download_url(A, admin_user, now=time.time() - 290)).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_link_reveals_nothing_of_what_it_names(
+    client: Client, admin_user: User, backups_on_disk: Path
+) -> None:
+    """The payload is encrypted: neither the user id nor the backup or file is readable in the token,
+    however it is decoded (base64, then zlib as Django's signing compresses)."""
+    import base64
+    import re
+    import zlib
+    from urllib.parse import parse_qs, urlsplit
+
+    admin_user.username = "owner-7f3a"
+    admin_user.save()
+    link = signed_download_url(A, admin_user, file="database.sql")
+    token = parse_qs(urlsplit(link).query)["sig"][0]
+    readable = [token]
+    for part in re.split(r"[:.]", token):
+        for candidate in (part, part.lstrip(".")):
+            try:
+                raw = base64.urlsafe_b64decode(candidate + "=" * (-len(candidate) % 4))
+            except ValueError:
+                continue
+            readable.append(raw.decode("latin-1"))
+            with contextlib.suppress(zlib.error):
+                readable.append(zlib.decompress(raw).decode("latin-1"))
+    for text in readable:
+        assert "owner-7f3a" not in text and A not in text and "database.sql" not in text
+    assert client.get(link).status_code == 200
 
 
 @pytest.mark.django_db

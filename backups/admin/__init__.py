@@ -1,3 +1,5 @@
-"""The Django admin site, one module per model admin. Importing this package registers them."""
+"""The Django admin site, one module per model admin.
 
-from backups.admin import audit, backups, config, runs, site  # noqa: F401  (registration side effects)
+The model admins register when the app is ready (`BackupsConfig.ready`), not when this package is
+imported: Django imports `backups.admin.site` to build the default site itself, and a registration
+running in the middle of that would land on a site object that is then replaced."""

@@ -10,11 +10,22 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-admin.site.site_header = "Beauty Platform — Backups"
-admin.site.site_title = "Beauty Platform backups"
-admin.site.index_title = "Backup administration"
-# Six models do not need a second app list: the width goes to the backup and run columns instead.
-admin.site.enable_nav_sidebar = False
+
+class BackupAdminSite(admin.AdminSite):
+    """The admin site (Django's default site, through `backup_platform.apps.AdminConfig`).
+
+    Every page of it, auth's users and groups included, is for active superusers only: a staff account
+    with `auth.change_user` could otherwise make itself a superuser, and a superuser has the API too.
+    Staff accounts without superuser status get the login page, whatever model permissions they hold."""
+
+    site_header = "Beauty Platform — Backups"
+    site_title = "Beauty Platform backups"
+    index_title = "Backup administration"
+    # Six models do not need a second app list: the width goes to the backup and run columns instead.
+    enable_nav_sidebar = False
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request)
 
 
 # One palette for backup statuses, run statuses and audit outcomes.
@@ -66,7 +77,8 @@ def human_duration(seconds: float | None) -> str:
 
 
 def is_superuser(request: HttpRequest) -> bool:
-    return bool(request.user.is_active and request.user.is_superuser)
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_active and user.is_superuser)
 
 
 class SuperuserReadOnlyAdmin(admin.ModelAdmin):

@@ -5,52 +5,142 @@ back-pressure (uvicorn) paces the reads to the client instead of buffering the f
 ASGI is drained into a list first: a 1 GiB file cost 2 GB of memory before its first byte). Django has
 no Range support: single ranges are answered here (206/416); with DOWNLOAD_ACCEL_PREFIX nginx sends the
 bytes instead.
+
+What is sent is opened before the headers go out: the file itself for `?file=`, the backup folder for
+the tar (its files are opened beneath it as the stream reaches them). Once the headers are out, the
+promised Content-Length is kept or the transfer fails: when a file shrinks, is rewritten or (for the
+tar) is replaced while it is sent, the generator raises `StreamAborted` and the connection is closed
+before the body is complete, so the client sees a failed download, never a short or zero-padded file
+that looks whole. A `?file=` download keeps reading the file it opened, so a file renamed over it
+mid-transfer does not matter; the tar must match its plan, so any change to a planned file aborts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.cache import quote_etag
 from rest_framework.request import Request
 
+from backups.asgi_guard import StreamAborted
 from backups.audit import Actor
 from backups.catalogue.models import Backup
-from backups.catalogue.paths import BackupNotFound, open_member, open_verified
+from backups.catalogue.paths import BackupNotFound, CatalogueError, Member, open_member
 from backups.catalogue.services import backup_record_download
-from backups.catalogue.tarstream import iter_tar_chunks, plan_tar
+from backups.catalogue.tarstream import TarPlan, iter_tar_chunks, plan_tar
 from backups.errors import NotFound
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 21
 
 
-async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """An async generator over a blocking one: each read happens in a thread, and the ASGI server's
-    back-pressure (uvicorn) paces the reads to the client's speed instead of buffering the file."""
-    sentinel = b""
+class BlockingSource:
+    """Chunks produced by blocking calls in worker threads, and released exactly once.
+
+    The release never runs while a read is in progress in another thread: a client that disconnects
+    cancels the async generator while its thread may still be inside `produce()`. Closing the file (or
+    the tar generator) under that read is what raised `generator already executing` and left handles
+    open. Here `close()` releases at once when no read is running, and otherwise leaves the release to
+    the reading thread, which does it as soon as its read returns."""
+
+    def __init__(self, produce: Callable[[], bytes | None], release: Callable[[], None]) -> None:
+        self._produce = produce
+        self._release = release
+        self._lock = threading.Lock()
+        self._close_requested = False
+        self._closed = False
+
+    def read(self) -> bytes | None:
+        """The next chunk, None at the end or once closed. Called in a worker thread."""
+        with self._lock:
+            if self._closed or self._close_requested:
+                self._release_locked()
+                return None
+            try:
+                chunk = self._produce()
+            except BaseException:
+                self._release_locked()
+                raise
+            if chunk is None or self._close_requested:
+                self._release_locked()
+                return None
+            return chunk
+
+    def close(self) -> None:
+        """Called on the event loop: never waits for a read in progress."""
+        self._close_requested = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._release_locked()
+            finally:
+                self._lock.release()
+
+    def _release_locked(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._release()
+            except Exception:
+                logger.warning("could not release a download's file", exc_info=True)
+
+
+async def stream(
+    source: BlockingSource, what: str, on_abort: Callable[[], None] | None = None
+) -> AsyncIterator[bytes]:
     try:
         while True:
-            chunk = await asyncio.to_thread(next, chunks, sentinel)
-            if chunk is sentinel or not chunk:
+            try:
+                chunk = await asyncio.to_thread(source.read)
+            except (CatalogueError, OSError) as error:
+                # Headers (and a Content-Length) are out: the only honest signal left is a broken
+                # transfer. The ASGI guard in front of Django lets the server drop the connection.
+                logger.warning("download of %s aborted: %s", what, error)
+                if on_abort is not None:
+                    # Django skips the response's close() when its send fails: do it here, in the
+                    # request's thread, so request_finished still closes its database connections.
+                    await sync_to_async(on_abort)()
+                raise StreamAborted(str(error)) from None
+            if chunk is None:
                 return
             yield chunk
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        source.close()
+
+
+def _streaming_response(source: BlockingSource, what: str, **kwargs: Any) -> StreamingHttpResponse:
+    closers: list[Callable[[], None]] = []
+    response = StreamingHttpResponse(stream(source, what, lambda: closers[0]()), **kwargs)
+    closers.append(response.close)
+    # Also released when the response is closed without ever being streamed (an error after the view).
+    response._resource_closers.append(source.close)
+    return response
 
 
 def _audit_download(request: Request, backup: Backup, details: dict[str, Any]) -> None:
     backup_record_download(backup_id=backup.id, actor=Actor.from_request(request), details=details)
+
+
+def tar_source(plan: TarPlan, chunk_size: int = CHUNK) -> BlockingSource:
+    chunks = iter_tar_chunks(plan, chunk_size)
+
+    def release() -> None:
+        chunks.close()  # runs the generator's finally: closes the open file and the folder
+        plan.close()
+
+    return BlockingSource(lambda: next(chunks, None), release)
 
 
 def download_tar(request: Request, backup: Backup) -> HttpResponse:
@@ -59,29 +149,49 @@ def download_tar(request: Request, backup: Backup) -> HttpResponse:
         plan = plan_tar(root, backup.id)
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
-    _audit_download(request, backup, {"kind": "tar", "bytes": plan.content_length})
-    response = StreamingHttpResponse(_stream(iter_tar_chunks(plan, CHUNK)), content_type="application/x-tar")
+    try:
+        _audit_download(request, backup, {"kind": "tar", "bytes": plan.content_length})
+    except BaseException:
+        plan.close()
+        raise
+    response = _streaming_response(tar_source(plan), backup.id, content_type="application/x-tar")
     response["Content-Length"] = str(plan.content_length)
     response["Content-Disposition"] = f'attachment; filename="{backup.id}.tar"'
     response["Cache-Control"] = "no-store"
     return response
 
 
-def _read_range(path: Path, stat: os.stat_result, start: int, length: int) -> Iterator[bytes]:
-    # open_verified: still the very file open_member approved (no symlink swapped in since).
-    with open_verified(path, stat) as handle:
-        handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            data = handle.read(min(CHUNK, remaining))
-            if not data:
-                # The file shrank since its size was announced: keep the promised length.
-                data = b"\0" * min(CHUNK, remaining)
-            remaining -= len(data)
-            yield data
+def range_source(member: Member, start: int, length: int, chunk_size: int = CHUNK) -> BlockingSource:
+    """`length` bytes of the open file from `start`, or CatalogueError when the file shrank or was
+    rewritten (its mtime moved) while being sent."""
+    fd = member.file.fileno()
+    opened = member.stat
+    position, end = start, start + length
+
+    def produce() -> bytes | None:
+        nonlocal position
+        if position >= end:
+            return None
+        want = min(chunk_size, end - position)
+        data = os.pread(fd, want, position)
+        now = os.fstat(fd)
+        if len(data) < want or now.st_size < end or now.st_mtime_ns != opened.st_mtime_ns:
+            raise CatalogueError("the file changed while it was being sent")
+        position += len(data)
+        return data
+
+    return BlockingSource(produce, member.close)
 
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# More digits than any file size: the number is "huge" rather than parsed (int() refuses past 4300
+# digits, and nothing past 2**63 can be a position in a file anyway).
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 1 << 63
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -94,12 +204,12 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     if first == "" and last == "":
         return None
     if first == "":
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0:
             return "unsatisfiable"
         return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if start >= size or end < start:
         return "unsatisfiable"
     return start, min(end, size - 1)
@@ -108,13 +218,22 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 def download_file(request: Request, backup: Backup, rel_path: str) -> HttpResponse:
     root = Path(settings.BACKUP_ROOT)
     try:
-        path, stat = open_member(root, backup.id, rel_path)
+        member = open_member(root, backup.id, rel_path)
     except BackupNotFound:
         raise NotFound("File not found in this backup.") from None
+    try:
+        return _file_response(request, backup, rel_path, member)
+    except BaseException:
+        member.close()
+        raise
+
+
+def _file_response(request: Request, backup: Backup, rel_path: str, member: Member) -> HttpResponse:
+    stat = member.stat
     size = stat.st_size
     etag = quote_etag(f"{stat.st_mtime_ns:x}-{size:x}")
     last_modified = formatdate(stat.st_mtime, usegmt=True)
-    name = Path(rel_path).name
+    name = rel_path.rsplit("/", 1)[-1]
     headers = {
         "ETag": etag,
         "Last-Modified": last_modified,
@@ -124,6 +243,7 @@ def download_file(request: Request, backup: Backup, rel_path: str) -> HttpRespon
     }
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
+        member.close()
         response = HttpResponse(status=304)
         for key, value in headers.items():
             response[key] = value
@@ -134,6 +254,7 @@ def download_file(request: Request, backup: Backup, rel_path: str) -> HttpRespon
     if range_header and _if_range_matches(request.headers.get("If-Range"), etag, stat.st_mtime):
         parsed = _parse_range(range_header, size)
         if parsed == "unsatisfiable":
+            member.close()
             response = JsonResponse({"detail": "Requested range not satisfiable."}, status=416)
             response["Content-Range"] = f"bytes */{size}"
             return response
@@ -148,13 +269,15 @@ def download_file(request: Request, backup: Backup, rel_path: str) -> HttpRespon
     )
     if settings.DOWNLOAD_ACCEL_PREFIX:
         # nginx serves the bytes (sendfile, slow clients, ranges); the service only authorises.
+        member.close()
         response = HttpResponse(content_type="application/octet-stream")
         response["X-Accel-Redirect"] = (
             f"{settings.DOWNLOAD_ACCEL_PREFIX.rstrip('/')}/{quote(backup.id)}/{quote(rel_path)}"
         )
     else:
-        response = StreamingHttpResponse(
-            _stream(_read_range(path, stat, start, length)),
+        response = _streaming_response(
+            range_source(member, start, length),
+            f"{backup.id}/{rel_path}",
             status=code,
             content_type="application/octet-stream",
         )
@@ -173,5 +296,5 @@ def _if_range_matches(if_range: str | None, etag: str, mtime: float) -> bool:
         return if_range == etag
     try:
         return int(parsedate_to_datetime(if_range).timestamp()) >= int(mtime)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return False

@@ -77,20 +77,63 @@ def _audit_refusal(request: Any, exc: Exception) -> None:
         pass
 
 
+JSON_PREFIXES = ("/api/", "/health", "/metrics")
+
+
+def _wants_json(request: Any) -> bool:
+    return getattr(request, "path", "").startswith(JSON_PREFIXES)
+
+
+def _json(detail: str, status: int) -> Any:
+    from django.http import JsonResponse
+
+    return JsonResponse({"detail": detail}, status=status)
+
+
 def not_found(request: Any, exception: Exception | None = None) -> Any:
     """Unmatched URLs under the API answer like the API; pages keep Django's HTML."""
-    from django.http import JsonResponse
     from django.views.defaults import page_not_found
 
-    if request.path.startswith(("/api/", "/health", "/metrics")):
-        return JsonResponse({"detail": "Not found."}, status=404)
+    if _wants_json(request):
+        return _json("Not found.", 404)
     return page_not_found(request, exception)
 
 
+def bad_request(request: Any, exception: Exception | None = None) -> Any:
+    """What Django refuses before a view runs: a Host header not in ALLOWED_HOSTS (DisallowedHost), a
+    body over DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields... Under the API, in the API's shape."""
+    from django.core.exceptions import DisallowedHost, RequestDataTooBig
+    from django.views.defaults import bad_request as html_bad_request
+
+    if not _wants_json(request):
+        return html_bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        return _json("Bad request: the Host header is not one this service answers to.", 400)
+    if isinstance(exception, RequestDataTooBig):
+        return _json("Request body too large.", 413)
+    return _json("Bad request.", 400)
+
+
+def permission_denied(request: Any, exception: Exception | None = None) -> Any:
+    from django.views.defaults import permission_denied as html_permission_denied
+
+    if _wants_json(request):
+        return _json("You do not have permission to perform this action.", 403)
+    return html_permission_denied(request, exception)
+
+
+def csrf_failure(request: Any, reason: str = "") -> Any:
+    """CSRF_FAILURE_VIEW: a session request without a valid CSRF token."""
+    from django.views.csrf import csrf_failure as html_csrf_failure
+
+    if _wants_json(request):
+        return _json(f"CSRF Failed: {reason or 'CSRF token missing or incorrect.'}", 403)
+    return html_csrf_failure(request, reason)
+
+
 def server_error(request: Any) -> Any:
-    from django.http import JsonResponse
     from django.views.defaults import server_error as html_server_error
 
-    if request.path.startswith(("/api/", "/health", "/metrics")):
-        return JsonResponse({"detail": "Internal server error; see the service log."}, status=500)
+    if _wants_json(request):
+        return _json("Internal server error; see the service log.", 500)
     return html_server_error(request)

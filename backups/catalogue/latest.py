@@ -12,7 +12,7 @@ from backups.catalogue.paths import (
     LATEST_LINK,
     BackupNotFound,
     CatalogueError,
-    resolve,
+    check_backup,
 )
 
 LATEST_TMP_PREFIX = ".latest.tmp-"
@@ -37,7 +37,7 @@ def read_latest(root: Path) -> str | None:
         if "/" in name:
             return None
     try:
-        resolve(root, name)
+        check_backup(root, name)
     except BackupNotFound:
         return None
     return name
@@ -47,7 +47,7 @@ def set_latest(root: Path, backup_id: str | None) -> None:
     root = Path(root)
     link = root / LATEST_LINK
     if backup_id is not None:
-        resolve(root, backup_id)
+        check_backup(root, backup_id)
     try:
         current = os.lstat(link)
     except FileNotFoundError:

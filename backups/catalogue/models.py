@@ -53,6 +53,9 @@ class Backup(models.Model):
     run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Change signature of the folder at its last scan: equal signature -> no re-walk needed.
     signature = models.CharField(max_length=4000, blank=True, default="")
+    # What the last walk could not read (an unreadable subfolder, a tree nested too deep): the folder is
+    # listed with the rest, and /health counts the folders with problems. Empty when read completely.
+    problems = models.JSONField(default=list, blank=True)
     synced_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -1,7 +1,9 @@
 """Walking the backup root: which folders exist, their change signatures, their files and sizes.
 
-Pure (no Django). Iterative walks holding one descriptor at a time; symlinks and special files are never
-followed or listed."""
+Pure (no Django). Every directory is opened relative to its parent's descriptor, never by path, so a
+tree deeper than PATH_MAX is walked like any other. Symlinks and special files are never followed or
+listed. What cannot be read (a folder without permission, a tree nested too deep) does not fail the
+walk: it is reported in `problems`, and the rest is listed."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,12 +21,21 @@ from backups.catalogue.paths import (
     is_gone,
     is_valid_id,
     not_found,
-    open_dir,
-    resolve,
+    open_dir_at,
+    open_root,
 )
 
 # The script names folders with `date +%Y%m%d_%H%M%S` in the machine's local time zone.
 _NAME_TIME_PATTERN = re.compile(r"^backup-(\d{8}_\d{6})\Z")
+
+# Descriptors one walk may hold at once. A parent is closed as soon as its last subfolder is opened, so
+# a straight chain of any depth holds two; only a tree that branches more than this many levels down is
+# cut off (and reported), which no backup script produces.
+MAX_OPEN_DIRS = 128
+
+# A problem names a path inside the backup; a hostile tree must not make the list itself huge.
+MAX_PROBLEMS = 20
+_MAX_PROBLEM_PATH = 300
 
 
 @dataclass(frozen=True)
@@ -49,11 +60,45 @@ class ScannedBackup:
     size_bytes: int
     signature: str
     newest_mtime: float
+    # Empty when the folder was read completely.
+    problems: tuple[str, ...] = ()
 
 
-def _list_dir(path: Path, expected: os.stat_result | None) -> list[tuple[str, os.stat_result]]:
-    """(name, lstat) of every entry of one directory, read through a no-follow directory fd."""
-    fd, _ = open_dir(path, expected)
+@dataclass(frozen=True)
+class Node:
+    rel: str  # posix path relative to the backup folder
+    st: os.stat_result
+    is_dir: bool
+
+
+@dataclass
+class Walk:
+    nodes: list[Node] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def problem(self, rel: str, what: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{printable(rel or '.', _MAX_PROBLEM_PATH)}: {what}")
+
+    def problem_list(self) -> tuple[str, ...]:
+        extra = self.problem_count - len(self.problems)
+        return (*self.problems, f"… and {extra} more") if extra > 0 else tuple(self.problems)
+
+
+def printable(path: str, limit: int | None = None) -> str:
+    """A name that is not UTF-8 (kept by the walk as surrogate escapes) shown with \\x escapes, control
+    characters escaped too: problems and file lists are shown to people and stored as JSON."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    if limit is not None and len(text) > limit:
+        return "…" + text[-(limit - 1) :]
+    return text
+
+
+def _list_fd(fd: int) -> list[tuple[str, os.stat_result]]:
+    """(name, lstat) of every entry of one open directory. CatalogueError when it cannot be read."""
     entries: list[tuple[str, os.stat_result]] = []
     try:
         # scandir(fd) stats entries relative to the fd (fstatat), never through a re-resolved path.
@@ -64,56 +109,97 @@ def _list_dir(path: Path, expected: os.stat_result | None) -> list[tuple[str, os
                 except FileNotFoundError:
                     continue  # vanished between readdir and stat
     except OSError as exc:
-        if is_gone(exc):
-            raise Gone() from None
-        raise CatalogueError("backup not readable") from None
-    finally:
-        os.close(fd)
+        raise CatalogueError((exc.strerror or "not readable").lower()) from None
     return entries
 
 
-@dataclass(frozen=True)
-class _Node:
-    rel: str  # posix path relative to the backup folder
-    st: os.stat_result
-    is_dir: bool
+@dataclass
+class _Frame:
+    fd: int
+    rel: str
+    subdirs: list[tuple[str, str, os.stat_result]]
 
 
-def walk(folder: Path, top: os.stat_result) -> list[_Node]:
-    """Every real directory and regular file below `folder`, sorted by relative path.
+def walk(folder_fd: int, *, check_readable: bool = False, max_open: int | None = None) -> Walk:
+    """Every real directory and regular file below the open folder `folder_fd`, sorted by path.
 
-    Iterative (a hostile, very deep tree must not hit the recursion limit) and holding one fd at a time.
-    Symlinks, fifos, sockets and devices are skipped. Subdirectories that vanish or get replaced are skipped.
-    """
-    nodes: list[_Node] = []
-    stack: list[tuple[str, os.stat_result]] = [("", top)]
-    while stack:
-        rel_dir, expected = stack.pop()
+    Iterative (a hostile, very deep tree must not hit the recursion limit). Symlinks, fifos, sockets and
+    devices are skipped; subdirectories that vanish or get replaced are skipped. Unreadable directories
+    (and, with `check_readable`, unreadable files) are listed in `problems`. `folder_fd` stays open."""
+    result = Walk()
+    stack: list[_Frame] = []
+    max_open = max_open or MAX_OPEN_DIRS
+
+    def enter(fd: int, rel: str) -> None:
         try:
-            entries = _list_dir(folder / rel_dir if rel_dir else folder, expected)
-        except Gone:
-            if not rel_dir:
-                raise not_found() from None
-            continue
+            entries = _list_fd(fd)
+        except CatalogueError as error:
+            result.problem(rel, f"not readable ({error})")
+            entries = []
+        subdirs: list[tuple[str, str, os.stat_result]] = []
         for name, st in entries:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
+            child = f"{rel}/{name}" if rel else name
             if stat.S_ISDIR(st.st_mode):
-                nodes.append(_Node(rel, st, True))
-                stack.append((rel, st))
+                result.nodes.append(Node(child, st, True))
+                subdirs.append((name, child, st))
             elif stat.S_ISREG(st.st_mode):
-                nodes.append(_Node(rel, st, False))
-    nodes.sort(key=lambda n: n.rel)
-    return nodes
+                result.nodes.append(Node(child, st, False))
+                if check_readable and not _readable(fd, name):
+                    result.problem(child, "not readable (permission denied)")
+        # Popped in name order: the walk (and what a too-deep tree loses) is the same on every run.
+        subdirs.sort(reverse=True)
+        stack.append(_Frame(fd, rel, subdirs))
+
+    enter(os.dup(folder_fd), "")
+    try:
+        while stack:
+            frame = stack[-1]
+            if not frame.subdirs:
+                os.close(frame.fd)
+                stack.pop()
+                continue
+            name, rel, st = frame.subdirs.pop()
+            last_child = not frame.subdirs
+            if not last_child and len(stack) >= max_open:
+                result.problem(rel, "nested too deep to be read")
+                continue
+            try:
+                child_fd = open_dir_at(frame.fd, name, st)
+            except Gone:
+                continue
+            except CatalogueError as error:
+                result.problem(rel, f"not readable ({error})")
+                continue
+            if last_child:
+                # Nothing more to open from the parent: let it go, so a deep chain holds two descriptors.
+                os.close(frame.fd)
+                stack.pop()
+            enter(child_fd, rel)
+    finally:
+        for frame in stack:
+            os.close(frame.fd)
+    result.nodes.sort(key=lambda n: n.rel)
+    return result
 
 
-def _signature(path: Path) -> tuple[os.stat_result, str]:
-    """The folder's own stat and its cheap change signature (one scandir, no recursion).
+def _readable(dir_fd: int, name: str) -> bool:
+    try:
+        return os.access(name, os.R_OK, dir_fd=dir_fd, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        return True  # cannot tell in advance: the read itself will say
+
+
+def signature_of(fd: int) -> tuple[os.stat_result, str]:
+    """An open folder's own stat and its cheap change signature (one scandir, no recursion).
 
     Adding/removing a top-level entry changes the folder's mtime; adding/removing a file in a direct
     subdirectory (configs/, system-info/) changes that subdirectory's mtime, which is hashed in. The hash
     keeps the signature short (<= 80 chars) whatever the number or length of subdirectory names.
     """
-    fd, st = open_dir(path)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise CatalogueError("backup not readable") from None
     parts: list[bytes] = []
     try:
         with os.scandir(fd) as it:
@@ -130,48 +216,60 @@ def _signature(path: Path) -> tuple[os.stat_result, str]:
         if is_gone(exc):
             raise Gone() from None
         raise CatalogueError("backup not readable") from None
-    finally:
-        os.close(fd)
     digest = hashlib.blake2b(b"\n".join(sorted(parts)), digest_size=16).hexdigest()
     return st, f"{st.st_mtime_ns}:{st.st_ino}:{digest}"
 
 
+def _unreadable_signature(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}:{st.st_ino}:unreadable"
+
+
 def list_folders(root: Path) -> list[FolderStat]:
-    root = Path(root)
     try:
-        it = os.scandir(root)
+        root_fd = open_root(Path(root))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    except OSError:
-        # Not "[]": a sync would take an unreadable root for an empty one and drop the whole catalogue.
-        raise CatalogueError("backup root not readable") from None
+    # An unreadable root raises CatalogueError, never "[]": a sync would take it for an empty one and
+    # drop the whole catalogue.
     result: list[FolderStat] = []
-    with it:
-        for entry in it:
-            # is_valid_id already rejects "latest", SERVICE_DIR, dot-names and our temporary names.
-            if not is_valid_id(entry.name):
-                continue
+    try:
+        try:
+            with os.scandir(root_fd) as it:
+                candidates = [
+                    (entry.name, entry.stat(follow_symlinks=False))
+                    for entry in it
+                    # is_valid_id already rejects "latest", SERVICE_DIR, dot-names and our temporary names.
+                    if is_valid_id(entry.name) and entry.is_dir(follow_symlinks=False)
+                ]
+        except FileNotFoundError:
+            candidates = []
+        except OSError:
+            raise CatalogueError("backup root not readable") from None
+        for name, lstat in candidates:
             try:
-                if not entry.is_dir(follow_symlinks=False):
-                    continue  # files, symlinks (even to directories), fifos, sockets
-                st, signature = _signature(root / entry.name)
+                fd = open_dir_at(root_fd, name, lstat)
             except Gone:
                 continue  # deleted or swapped while listing
-            except (CatalogueError, OSError):
-                # Unreadable folder: still list it (it exists and uses space); scan_backup will report it.
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                signature = f"{st.st_mtime_ns}:{st.st_ino}:unreadable"
-            if not stat.S_ISDIR(st.st_mode):
+            except CatalogueError:
+                # Unreadable folder: still list it (it exists and uses space); scan_backup reports it.
+                result.append(FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat)))
                 continue
-            result.append(FolderStat(name=entry.name, mtime_ns=st.st_mtime_ns, signature=signature))
+            try:
+                st, signature = signature_of(fd)
+            except Gone:
+                continue
+            except CatalogueError:
+                st, signature = lstat, _unreadable_signature(lstat)
+            finally:
+                os.close(fd)
+            result.append(FolderStat(name=name, mtime_ns=st.st_mtime_ns, signature=signature))
+    finally:
+        os.close(root_fd)
     result.sort(key=lambda f: f.name)
     return result
 
 
-def _created_at(name: str, folder_mtime: float) -> datetime:
+def folder_created_at(name: str, folder_mtime: float) -> datetime:
     match = _NAME_TIME_PATTERN.match(name)
     if match:
         try:
@@ -187,28 +285,68 @@ def _created_at(name: str, folder_mtime: float) -> datetime:
         return datetime.fromtimestamp(0, tz=UTC)
 
 
-def file_entries(nodes: list[_Node]) -> tuple[FileEntry, ...]:
+def file_entries(nodes: list[Node]) -> tuple[FileEntry, ...]:
     return tuple(
         FileEntry(path=n.rel, size_bytes=n.st.st_size, mtime=n.st.st_mtime) for n in nodes if not n.is_dir
     )
 
 
 def scan_backup(root: Path, backup_id: str) -> ScannedBackup:
-    folder = resolve(root, backup_id)
+    """A folder's files, sizes and signature. BackupNotFound if it is not a real folder inside the root;
+    a folder that cannot be read (completely) is still returned, with what was read and its problems."""
+    if not is_valid_id(backup_id):
+        raise not_found()
+    try:
+        root_fd = open_root(Path(root))
+    except (FileNotFoundError, NotADirectoryError):
+        raise not_found() from None
+    try:
+        try:
+            lstat = os.stat(backup_id, dir_fd=root_fd, follow_symlinks=False)
+        except OSError:
+            raise not_found() from None
+        if not stat.S_ISDIR(lstat.st_mode):
+            raise not_found()
+        try:
+            fd = open_dir_at(root_fd, backup_id, lstat)
+        except Gone:
+            raise not_found() from None
+        except CatalogueError as error:
+            return _unreadable(backup_id, lstat, f"the folder is not readable ({error})")
+    finally:
+        os.close(root_fd)
     try:
         # Signature first: if the folder changes while we walk, the stored signature is the older one and
         # the next sync notices the difference and scans again.
-        top, signature = _signature(folder)
-    except Gone:
-        raise not_found() from None
-    nodes = walk(folder, top)
-    files = file_entries(nodes)
-    newest = max([top.st_mtime, *(n.st.st_mtime for n in nodes)])
+        try:
+            top, signature = signature_of(fd)
+        except Gone:
+            raise not_found() from None
+        except CatalogueError as error:
+            return _unreadable(backup_id, lstat, f"the folder is not readable ({error})")
+        walked = walk(fd)
+    finally:
+        os.close(fd)
+    files = file_entries(walked.nodes)
+    newest = max([top.st_mtime, *(n.st.st_mtime for n in walked.nodes)])
     return ScannedBackup(
         name=backup_id,
-        created_at=_created_at(backup_id, top.st_mtime),
+        created_at=folder_created_at(backup_id, top.st_mtime),
         files=files,
         size_bytes=sum(f.size_bytes for f in files),
         signature=signature,
         newest_mtime=newest,
+        problems=walked.problem_list(),
+    )
+
+
+def _unreadable(backup_id: str, st: os.stat_result, why: str) -> ScannedBackup:
+    return ScannedBackup(
+        name=backup_id,
+        created_at=folder_created_at(backup_id, st.st_mtime),
+        files=(),
+        size_bytes=0,
+        signature=_unreadable_signature(st),
+        newest_mtime=st.st_mtime,
+        problems=(why,),
     )

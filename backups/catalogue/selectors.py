@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet, Sum
 
 from backups.catalogue.models import Backup, BackupStatus
-from backups.catalogue.paths import LATEST_LINK, BackupNotFound, resolve
+from backups.catalogue.paths import LATEST_LINK, BackupNotFound, check_backup
 from backups.errors import NotFound
 
 ORDERINGS = ("created_at", "-created_at", "size_bytes", "-size_bytes")
@@ -31,7 +31,7 @@ def get_backup(backup_id: str) -> Backup:
             raise NotFound("No completed backup yet.")
         return backup
     try:
-        resolve(Path(settings.BACKUP_ROOT), backup_id)
+        check_backup(Path(settings.BACKUP_ROOT), backup_id)
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
     backup = Backup.objects.filter(id=backup_id).first()
@@ -59,3 +59,8 @@ def newest_backup() -> Backup | None:
 def totals() -> dict[str, int]:
     aggregate = Backup.objects.aggregate(total=Sum("size_bytes"))
     return {"count": Backup.objects.count(), "total_size_bytes": aggregate["total"] or 0}
+
+
+def unreadable_count() -> int:
+    """Folders the last sync could not read completely (their `problems` say what)."""
+    return Backup.objects.exclude(problems=[]).count()

@@ -14,7 +14,7 @@ from backups import events
 from backups.audit import Actor, audit, refuse
 from backups.catalogue import latest, removal, sidecar
 from backups.catalogue.models import Backup, BackupStatus
-from backups.catalogue.paths import LATEST_LINK, BackupNotFound, CatalogueError, resolve
+from backups.catalogue.paths import LATEST_LINK, BackupNotFound, CatalogueError, check_backup
 from backups.errors import NotFound, ServiceError
 from backups.runs.models import Run
 from backups.runs.selectors import current_run
@@ -50,7 +50,7 @@ def backup_delete(*, backup_id: str, actor: Actor, details: dict[str, Any] | Non
         raise NotFound("Backup not found: delete a backup by its real id, not `latest`.")
     root = backup_root()
     try:
-        resolve(root, backup_id)
+        check_backup(root, backup_id)
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
     backup = Backup.objects.filter(id=backup_id).first()

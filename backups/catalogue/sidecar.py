@@ -22,6 +22,7 @@ from backups.catalogue.paths import (
     CatalogueError,
     is_valid_id,
     not_found,
+    open_root,
 )
 
 METADATA_TMP_MARKER = ".tmp-"
@@ -33,27 +34,36 @@ _MAX_METADATA_BYTES = 1 << 20
 
 
 def service_dir_fd(root: Path, *, create: bool) -> int | None:
-    """fd of root/SERVICE_DIR opened without following symlinks (None if missing and not created).
+    """fd of root/SERVICE_DIR opened from the root's descriptor without following symlinks (None if
+    missing and not created).
 
     All metadata file operations are relative to this fd, so a SERVICE_DIR replaced by a symlink can
     never make us read, write or unlink outside the root.
     """
-    path = Path(root) / SERVICE_DIR
-    if create:
-        try:
-            os.mkdir(path, 0o750)
-        except FileExistsError:
-            pass
-        except OSError:
-            raise CatalogueError("cannot create service directory") from None
     try:
-        return os.open(path, DIR_FLAGS)
-    except FileNotFoundError:
+        root_fd = open_root(Path(root))
+    except (FileNotFoundError, NotADirectoryError):
         if create:
             raise CatalogueError("cannot open service directory") from None
         return None
-    except OSError:
-        raise CatalogueError("service directory is not a real directory") from None
+    try:
+        if create:
+            try:
+                os.mkdir(SERVICE_DIR, 0o750, dir_fd=root_fd)
+            except FileExistsError:
+                pass
+            except OSError:
+                raise CatalogueError("cannot create service directory") from None
+        try:
+            return os.open(SERVICE_DIR, DIR_FLAGS, dir_fd=root_fd)
+        except FileNotFoundError:
+            if create:
+                raise CatalogueError("cannot open service directory") from None
+            return None
+        except OSError:
+            raise CatalogueError("service directory is not a real directory") from None
+    finally:
+        os.close(root_fd)
 
 
 def remove_metadata(root: Path, backup_id: str) -> None:

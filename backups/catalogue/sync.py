@@ -7,6 +7,7 @@ one `stat` of the root when nothing was added or removed since this process last
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterable
@@ -19,9 +20,11 @@ from django.utils import timezone
 
 from backups.catalogue import latest, scan, sidecar
 from backups.catalogue.models import Backup, BackupStatus, BackupType
-from backups.catalogue.paths import BackupNotFound, is_valid_id, resolve
+from backups.catalogue.paths import BackupNotFound, CatalogueError, check_backup, is_valid_id
 from backups.catalogue.services import repoint_latest
 from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _seen_root_signature: str | None = None
@@ -58,7 +61,7 @@ def ensure_fresh(backup_id: str | None = None) -> None:
                 _seen_root_signature = signature
     if backup_id and is_valid_id(backup_id) and not Backup.objects.filter(id=backup_id).exists():
         try:
-            resolve(backup_root(), backup_id)
+            check_backup(backup_root(), backup_id)
         except BackupNotFound:
             return
         sync(force_ids=[backup_id])
@@ -83,6 +86,9 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
     # A row still `running` is decided again whatever its signature: a crash between a run's end and
     # the sync that follows it must not leave its folder `running` (out of retention, never latest).
     force.update(Backup.objects.filter(status=BackupStatus.RUNNING).values_list("id", flat=True))
+    # A folder that could not be read completely is read again each time: a permission fixed or a
+    # transient error (too many open files) must not stay recorded until the folder changes.
+    force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
     folders = {folder.name: folder for folder in scan.list_folders(root)}
     known = dict(Backup.objects.values_list("id", "signature"))
 
@@ -91,9 +97,14 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
         if name in known and known[name] == folder.signature and name not in force:
             continue
         try:
-            walked.append((name, scan.scan_backup(root, name), sidecar.read_metadata(root, name)))
+            found = scan.scan_backup(root, name)
         except BackupNotFound:
             continue  # vanished between the listing and the walk
+        except (CatalogueError, OSError) as error:
+            # One folder that cannot be read never fails the sync of the others.
+            logger.warning("backup folder %s could not be read: %s", name, error)
+            found = _unread(folder, str(error) or type(error).__name__)
+        walked.append((name, found, sidecar.read_metadata(root, name)))
 
     gone = set(known) - set(folders)
     with transaction.atomic():
@@ -125,6 +136,7 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
                     "files",
                     "run",
                     "signature",
+                    "problems",
                     "synced_at",
                 ],
             )
@@ -173,6 +185,7 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
                 files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
                 run_id=str(run["id"]) if run else meta_run,
                 signature=found.signature,
+                problems=list(found.problems),
                 synced_at=now,
             )
         )
@@ -188,6 +201,19 @@ def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, runn
     if status == BackupStatus.RUNNING:
         return BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
     return status if status in BackupStatus.values else BackupStatus.COMPLETED  # made outside the service
+
+
+def _unread(folder: scan.FolderStat, why: str) -> scan.ScannedBackup:
+    created = scan.folder_created_at(folder.name, folder.mtime_ns / 1e9)
+    return scan.ScannedBackup(
+        name=folder.name,
+        created_at=created,
+        files=(),
+        size_bytes=0,
+        signature=f"{folder.signature}:unread",
+        newest_mtime=folder.mtime_ns / 1e9,
+        problems=(f"the folder could not be read ({why[:200]})",),
+    )
 
 
 def _printable(path: str) -> str:

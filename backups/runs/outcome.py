@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from backups.runner import EndReason, RunResult
@@ -29,10 +30,43 @@ class Circumstances:
     timeout_seconds: int = 0
     script_dir: str = ""
     subject: str = "script"  # what ran: "script", or "job" for runs of the other kinds
+    backup_root: str = ""
+
+
+# An absolute path: a "/" at the start or after a space, a quote, a bracket, "=" or ","; it runs until a
+# space, a quote, a closing bracket, ",", ";" or ":" (bash's "<path>: line 3: ..."). After a letter or a
+# ":" a "/" is part of something else (a URL, a ratio), so it is left alone.
+_ABSOLUTE_PATH = re.compile(r"""(?<![^\s'"`(\[<=,])/[^\s'"`)\]>,;:]*""")
+
+
+def scrub_paths(text: str, backup_root: str = "") -> str:
+    """The text with every absolute path outside the backup root cut to its last component
+    (`/opt/app/scripts/production-backup.sh` -> `…/production-backup.sh`), and the root itself written
+    `$BACKUP_ROOT`: a run's error and progress are shown to every client, and the machine's layout is
+    not theirs to read."""
+    root = backup_root.rstrip("/")
+
+    def replace(match: re.Match[str]) -> str:
+        path = match.group(0)
+        if path == "/":
+            return path
+        if root and (path == root or path.startswith(root + "/")):
+            return "$BACKUP_ROOT" + path[len(root) :]
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"…/{name}" if name else "…"
+
+    return _ABSOLUTE_PATH.sub(replace, text)
 
 
 def outcome(result: RunResult, facts: Circumstances, *, output: str, output_lines: int) -> RunEnd:
-    """The run's final status and the error a person reads, for each way a run can end."""
+    """The run's final status and the error a person reads, for each way a run can end; no absolute
+    path outside the backup root is left in the error."""
+    end = _outcome(result, facts, output=output, output_lines=output_lines)
+    end.error = scrub_paths(end.error, facts.backup_root)
+    return end
+
+
+def _outcome(result: RunResult, facts: Circumstances, *, output: str, output_lines: int) -> RunEnd:
     errors = "\n".join(facts.error_lines)
     if result.reason == EndReason.EXITED and result.exit_code == 0:
         return RunEnd(SUCCEEDED, 0, "", output, output_lines)

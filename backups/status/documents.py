@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from backups.catalogue import selectors as catalogue_selectors
 from backups.catalogue.paths import disk_usage
@@ -20,7 +20,7 @@ from backups.config.selectors import config_current, next_scheduled_at
 from backups.runs import selectors as run_selectors
 from backups.status import banner
 from backups.status.script import script_available
-from backups.worker.lease import worker_alive
+from backups.worker.lease import WorkerLease, worker_alive
 
 STARTED = time.monotonic()
 
@@ -47,14 +47,9 @@ def status() -> dict[str, Any]:
 
 
 def health() -> tuple[dict[str, Any], int]:
-    """The health document and its HTTP status: 503 only when the database is unreachable."""
-    checks: dict[str, Any] = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = {"ok": True}
-    except Exception:
-        checks["database"] = {"ok": False, "detail": "database unreachable"}
+    """The health document and its HTTP status: 503 when the database is unreachable or does not
+    accept writes (no run could be recorded); `degraded` when a folder could not be read completely."""
+    checks: dict[str, Any] = {"database": _database_check()}
     root = Path(settings.BACKUP_ROOT)
     if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
         total, free = disk_usage(root)
@@ -64,6 +59,8 @@ def health() -> tuple[dict[str, Any], int]:
             checks["backup_root"]["detail"] = "disk almost full"
     else:
         checks["backup_root"] = {"ok": False, "detail": "backup root missing or not writable"}
+    if checks["database"]["ok"]:
+        checks["catalogue"] = _catalogue_check()
     checks["script"] = {"ok": script_available()}
     if not checks["script"]["ok"]:
         checks["script"]["detail"] = "backup script missing or not executable"
@@ -90,3 +87,34 @@ def health() -> tuple[dict[str, Any], int]:
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - STARTED, 1),
     }, code
+
+
+def _database_check() -> dict[str, Any]:
+    """Reachable, and accepting writes: a read-only database (a replica, a full disk, a read-only
+    mount) answers SELECT 1 while every run would fail to be recorded."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return {"ok": False, "detail": "database unreachable"}
+    table = connection.ops.quote_name(WorkerLease._meta.db_table)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # A write statement that changes nothing: it still needs a writable database (SQLite takes
+            # its write lock, PostgreSQL refuses it in a read-only transaction), and it is rolled back.
+            cursor.execute(f"UPDATE {table} SET holder = holder WHERE 1 = 0")
+            transaction.set_rollback(True)
+    except Exception:
+        return {"ok": False, "detail": "database does not accept writes"}
+    return {"ok": True}
+
+
+def _catalogue_check() -> dict[str, Any]:
+    unreadable = catalogue_selectors.unreadable_count()
+    if not unreadable:
+        return {"ok": True}
+    return {
+        "ok": False,
+        "unreadable_folders": unreadable,
+        "detail": f"{unreadable} backup folder{'s' if unreadable != 1 else ''} could not be read completely",
+    }

@@ -43,7 +43,7 @@ def log_entries(source: str, lines: int, run: Run | None = None) -> list[dict[st
         ]
     if run is None:
         raise ValueError("source=run needs a run")
-    text_lines = run.output.splitlines()[-lines:] if run.output else []
+    text_lines = logtail.split_lines(run.output)[-lines:] if run.output else []
     return [
         {
             "timestamp": None,

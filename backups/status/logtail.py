@@ -30,6 +30,25 @@ LEVELS = {
 }
 
 
+# What str.splitlines() also ends a line at. A log line is ended by \n only (\r\n tolerated): a
+# description or a file name holding U+2028, U+2029 or U+0085 must not start a forged entry such as
+# "[2020-01-01 00:00:00] ERROR ...". Inside a message they are shown escaped, so no viewer breaks there.
+_OTHER_LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ESCAPES = str.maketrans({ch: ch.encode("unicode_escape").decode("ascii") for ch in _OTHER_LINE_BREAKS})
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of a text ended by \n (or \r\n) only; no empty last line for a final \n."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [visible(line.removesuffix("\r")) for line in lines]
+
+
+def visible(line: str) -> str:
+    return line.translate(_ESCAPES)
+
+
 def tail_lines(path: Path, count: int) -> list[str]:
     """The last `count` lines of a text file, reading backwards in blocks; [] when it is missing."""
     if count <= 0:
@@ -49,7 +68,7 @@ def tail_lines(path: Path, count: int) -> list[str]:
             newlines += chunk.count(b"\n")
             chunks.append(chunk)
         data = b"".join(reversed(chunks))
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    lines = split_lines(data.decode("utf-8", errors="replace"))
     if position > 0 and lines:
         lines = lines[1:]  # the first one is probably cut
     return [line[:MAX_LINE] for line in lines[-count:]]

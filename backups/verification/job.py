@@ -9,34 +9,40 @@ compare against it. The result line holds the backup's `verification` document.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from backups.catalogue import scan, sidecar
-from backups.catalogue.paths import BackupNotFound, open_member, open_verified
+from backups.catalogue.paths import BackupNotFound, member_opener
 from backups.jobs.protocol import Reporter
 from backups.verification.checks import verify_backup
 from backups.verification.manifest import MANIFEST_NAME, build_manifest
 from backups.verification.streams import Cancelled
 
 
-def opener(root: Path, backup_id: str):
-    def open_file(rel_path: str) -> BinaryIO:
-        path, found = open_member(root, backup_id, rel_path)
-        return open_verified(path, found)
-
-    return open_file
-
-
 def run(params: dict[str, Any], reporter: Reporter) -> int:
     root, backup_id, level = Path(params["root"]), str(params["backup_id"]), params.get("level", "quick")
     try:
-        listing = [(entry.path, entry.size_bytes) for entry in scan.scan_backup(root, backup_id).files]
+        scanned = scan.scan_backup(root, backup_id)
+        with member_opener(root, backup_id) as open_file:
+            return _verify(root, backup_id, level, scanned, open_file, params, reporter)
     except BackupNotFound:
         reporter.result({"error": "the backup folder is gone"})
         return 1
-    open_file = opener(root, backup_id)
+
+
+def _verify(
+    root: Path,
+    backup_id: str,
+    level: str,
+    scanned: scan.ScannedBackup,
+    open_file: Callable[[str], BinaryIO],
+    params: dict[str, Any],
+    reporter: Reporter,
+) -> int:
+    listing = [(entry.path, entry.size_bytes) for entry in scanned.files]
     manifest_text = None
     manifest_written = False
     if MANIFEST_NAME not in dict(listing):
@@ -64,6 +70,10 @@ def run(params: dict[str, Any], reporter: Reporter) -> int:
         return 130
     document = verdict.to_document(datetime.now(UTC))
     document["restore_tested"] = bool(restore_url)
+    # What the walk itself could not read is a problem of the backup too.
+    document["problems"] = [*(f"{p} (not readable)" for p in scanned.problems), *document["problems"]]
+    if scanned.problems:
+        document["status"] = "failed"
     reporter.result(
         {
             "verification": document,

@@ -13,6 +13,7 @@ import os
 import time
 from collections import deque
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from django.conf import settings
 
 from backups import events, runner
 from backups.catalogue import scan
-from backups.catalogue.paths import BackupNotFound, resolve
+from backups.catalogue.paths import BackupNotFound, CatalogueError, check_backup, list_entry_names
 from backups.config import document as config_document
 from backups.config.selectors import config_current
 from backups.runs import outcome, progress
@@ -132,13 +133,16 @@ class RunExecution(Following):
                 lease_lost=self.lease_lost,
                 timeout_seconds=settings.BACKUP_RUN_TIMEOUT,
                 script_dir=str(Path(settings.BACKUP_SCRIPT).parent),
+                backup_root=str(self.root),
             ),
             output=self.output_text(),
             output_lines=self.output.total_lines,
         )
         final = self.tracker.finish(end.status == RunStatus.SUCCEEDED)
         stage = final.stage if end.status in (RunStatus.SUCCEEDED, RunStatus.FAILED) else end.status
-        run = self.worker.finish(self.run, end, max(final.percent, self.floor_percent), stage, final.message)
+        run = self.worker.finish(
+            self.run, end, max(final.percent, self.floor_percent), stage, self.public(final.message)
+        )
         if run.status != RunStatus.RUNNING:  # recorded: the supervisor's files are not needed any more
             runner.cleanup(settings.BACKUP_STATE_DIR, str(run.id))
         return run
@@ -154,7 +158,7 @@ class RunExecution(Following):
     # --- runner callbacks (all on the worker's thread) --------------------------------------------
 
     def on_start(self, pid: int) -> None:
-        run_set_process(run=self.run, pgid=pid)
+        self.tolerate("the script's process group", lambda: run_set_process(run=self.run, pgid=pid))
 
     def on_lines(self, batch: list[tuple[str, str]]) -> None:
         # Called for every chunk the script prints (a million lines a run is possible): look at the
@@ -191,8 +195,8 @@ class RunExecution(Following):
             self.discover_folder()
         if self.run.backup_id and not self.tracker.saw_markers:
             try:
-                present = os.listdir(resolve(self.root, self.run.backup_id))
-            except (OSError, BackupNotFound):
+                present = list_entry_names(self.root, self.run.backup_id)
+            except CatalogueError:
                 present = []
             self.tracker.feed_artifacts(present)
             self.tracker.feed_elapsed(elapsed)
@@ -212,10 +216,11 @@ class RunExecution(Following):
         candidates.extend(reversed(appeared))
         for name in candidates:
             try:
-                resolve(self.root, name)
+                check_backup(self.root, name)
             except BackupNotFound:
                 continue
-            run_set_backup(run=self.run, backup_id=name)
+            if not self.tolerate("the run's folder", partial(run_set_backup, run=self.run, backup_id=name)):
+                self.run.backup_id = ""  # not recorded: found again on the next tick
             return
 
     def publish(self, force: bool = False) -> None:
@@ -224,6 +229,7 @@ class RunExecution(Following):
         # After a restart the output is read again from its start: never show less than was shown.
         state = replace(state, percent=max(state.percent, self.floor_percent))
         key = (state.percent, state.stage, state.message)
+        message = self.public(state.message)
         now = time.monotonic()
         changed = key != self.published
         if changed and (
@@ -235,14 +241,25 @@ class RunExecution(Following):
             events.broadcast(
                 events.BACKUP_PROGRESS,
                 events.progress_payload(
-                    str(self.run.id), self.run.backup_id, state.percent, state.stage, state.message
+                    str(self.run.id), self.run.backup_id, state.percent, state.stage, message
                 ),
             )
             self.published = key
             self.last_event = now
         if force or now - self.last_saved >= PROGRESS_SAVE_SECONDS:
-            run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=state.message)
-            Run.objects.filter(id=self.run.id).update(
-                output=self.output_text(), output_lines=self.output.total_lines
-            )
+            # A failed write is dropped, and the next one is tried after the usual interval; the final
+            # state is written by run_finish whatever happened here.
+            self.tolerate("progress", self.save_progress)
             self.last_saved = now
+
+    def save_progress(self) -> None:
+        state = self.tracker.current
+        message = self.public(state.message)
+        run_save_progress(run=self.run, percent=state.percent, stage=state.stage, message=message)
+        Run.objects.filter(id=self.run.id).update(
+            output=self.output_text(), output_lines=self.output.total_lines
+        )
+
+    def public(self, text: str) -> str:
+        """A line of the script as every client may read it: no path outside the backup root."""
+        return outcome.scrub_paths(text, str(self.root)) if "/" in text else text

@@ -3,16 +3,22 @@ process of a job. The worker's lease, its shutdown, a cancel, and finding the ru
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from backups import runner
 from backups.runs.models import Run
 
 if TYPE_CHECKING:
     from backups.worker.loop import Worker
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CANCEL_CHECK_SECONDS = 0.5
 TICK_SECONDS = 0.25
@@ -37,6 +43,7 @@ class Following:
         self.lease_lost = False
         self.cancelled = False
         self.last_cancel_check = 0.0
+        self.failing_writes: set[str] = set()
 
     def timeout_seconds(self) -> int:
         return settings.BACKUP_RUN_TIMEOUT
@@ -63,11 +70,11 @@ class Following:
         raise NotImplementedError
 
     def on_tick(self, elapsed: float) -> None:
-        if not self.worker.hold_lease():
+        if not self.tolerate_value("the worker lease", self.worker.hold_lease, default=True):
             # Another worker holds the lease now and will treat this run as orphaned: end it rather than
             # let two runs go on at once.
             self.lease_lost = True
-        self.worker.schedule_tick()
+        self.tolerate("the schedule", self.worker.schedule_tick)
 
     def should_stop(self) -> runner.EndReason | None:
         if self.lease_lost:
@@ -79,5 +86,31 @@ class Following:
         now = time.monotonic()
         if now - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
             self.last_cancel_check = now
-            self.cancelled = Run.objects.filter(id=self.run.id, cancel_requested=True).exists()
+            self.cancelled = self.tolerate_value(
+                "the cancel flag",
+                lambda: Run.objects.filter(id=self.run.id, cancel_requested=True).exists(),
+                default=self.cancelled,
+            )
         return runner.EndReason.CANCELLED if self.cancelled else None
+
+    def tolerate(self, what: str, write: Callable[[], object]) -> bool:
+        """Run a database call the run can do without: if the database refuses it (an outage, a full
+        disk, a lock held too long), log it once per streak of failures and let the run go on, rather
+        than let the exception end it. True when it succeeded."""
+        try:
+            write()
+        except DatabaseError:
+            if what not in self.failing_writes:
+                logger.warning(
+                    "could not save %s; the run goes on and it is tried again", what, exc_info=True
+                )
+            self.failing_writes.add(what)
+            return False
+        if what in self.failing_writes:
+            self.failing_writes.discard(what)
+            logger.info("saving %s works again", what)
+        return True
+
+    def tolerate_value(self, what: str, read: Callable[[], T], *, default: T) -> T:
+        result: list[T] = []
+        return result[0] if self.tolerate(what, lambda: result.append(read())) else default

@@ -42,12 +42,18 @@ def two_backups(backup_root: Path) -> Path:
 
 
 @pytest.fixture
-def staff_client(django_user_model) -> Client:
-    """Staff with every model permission of the app: still not a superuser, so still refused."""
+def staff_user(django_user_model):
+    """Staff with every permission there is (auth's users and groups included): not a superuser, so
+    refused everywhere; with `auth.change_user` it could otherwise make itself one."""
     user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="backups"))
+    user.user_permissions.set(Permission.objects.all())
+    return user
+
+
+@pytest.fixture
+def staff_client(staff_user) -> Client:
     client = Client()
-    client.force_login(user)
+    client.force_login(staff_user)
     return client
 
 
@@ -63,19 +69,50 @@ def run_action(client: Client, action: str, ids: list[str], **extra: str):
 # --- who gets in ------------------------------------------------------------------------------------------
 
 
+def _sent_to_login(response) -> bool:
+    return response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+
+
 @pytest.mark.parametrize("name", CHANGELISTS)
 def test_staff_non_superuser_is_refused(staff_client: Client, name: str) -> None:
-    assert staff_client.get(reverse(name)).status_code == 403
+    assert _sent_to_login(staff_client.get(reverse(name)))
 
 
 def test_staff_non_superuser_cannot_start_or_open_rows(staff_client: Client, two_backups: Path) -> None:
-    assert staff_client.get(reverse("admin:backups_run_start")).status_code == 403
-    assert staff_client.post(reverse("admin:backups_run_start")).status_code == 403
-    assert staff_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)])).status_code == 403
+    assert _sent_to_login(staff_client.get(reverse("admin:backups_run_start")))
+    assert _sent_to_login(staff_client.post(reverse("admin:backups_run_start")))
+    assert _sent_to_login(staff_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)])))
     assert not Run.objects.exists()
-    index = staff_client.get(reverse("admin:index"))
-    assert index.status_code == 200
-    assert "backups/backup/" not in index.content.decode()
+    assert _sent_to_login(staff_client.get(reverse("admin:index")))
+
+
+def test_a_staff_user_with_every_permission_gets_no_admin_page_and_cannot_become_superuser(
+    staff_client: Client, staff_user, two_backups: Path
+) -> None:
+    from django.contrib import admin
+
+    urls = [reverse("admin:index"), reverse("admin:password_change")]
+    for model in admin.site._registry:
+        meta = model._meta
+        urls.append(reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist"))
+        urls.append(reverse("admin:app_list", args=[meta.app_label]))
+    urls.append(reverse("admin:auth_user_change", args=[staff_user.pk]))
+    urls.append(reverse("admin:auth_user_add"))
+    urls.append(reverse("admin:auth_group_add"))
+    assert reverse("admin:auth_user_changelist") in urls and reverse("admin:auth_group_changelist") in urls
+    for url in urls:
+        assert _sent_to_login(staff_client.get(url)), url
+    answer = staff_client.post(
+        reverse("admin:auth_user_change", args=[staff_user.pk]),
+        {"username": "staff", "is_active": "on", "is_staff": "on", "is_superuser": "on"},
+    )
+    assert _sent_to_login(answer)
+    staff_user.refresh_from_db()
+    assert not staff_user.is_superuser
+    inactive = type(staff_user).objects.create_superuser("gone", password="pw", is_active=False)
+    client = Client()
+    client.force_login(inactive)
+    assert client.get(reverse("admin:auth_user_changelist")).status_code == 302
 
 
 def test_anonymous_is_sent_to_the_login(client: Client) -> None:

@@ -8,7 +8,7 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +23,18 @@ from backups.catalogue.paths import (
     SERVICE_DIR,
     BackupNotFound,
     CatalogueError,
+    backup_dir,
+    check_backup,
     disk_usage,
     is_valid_id,
+    member_opener,
+    open_backup,
     open_member,
-    open_verified,
-    resolve,
 )
 from backups.catalogue.removal import delete_backup, purge_leftovers
 from backups.catalogue.scan import FolderStat, list_folders, scan_backup
 from backups.catalogue.sidecar import read_metadata, write_metadata
-from backups.catalogue.tarstream import iter_tar_chunks, plan_tar
+from backups.catalogue.tarstream import TarChanged, iter_tar_chunks, plan_tar
 
 OLD = "backup-20240101_120000"
 NEW = "backup-20240102_120000"
@@ -158,26 +160,32 @@ def test_non_string_ids_are_invalid() -> None:
 
 
 @pytest.mark.parametrize("bad", BAD_IDS + [EVIL_LINK, FILE_LIKE_BACKUP, "backup-20240104_000000", "nope"])
-def test_resolve_refuses(env: Env, bad: str) -> None:
-    with pytest.raises(BackupNotFound) as info:
-        resolve(env.root, bad)
-    assert str(info.value) == "backup not found"
-    assert str(env.root) not in str(info.value)
+def test_check_and_open_backup_refuse(env: Env, bad: str) -> None:
+    for check in (check_backup, open_backup):
+        with pytest.raises(BackupNotFound) as info:
+            check(env.root, bad)
+        assert str(info.value) == "backup not found"
+        assert str(env.root) not in str(info.value)
 
 
-def test_resolve_real_folder(env: Env) -> None:
-    assert resolve(env.root, OLD) == env.root / OLD
+def test_open_backup_gives_the_real_folder(env: Env) -> None:
+    assert check_backup(env.root, OLD).st_ino == os.lstat(env.root / OLD).st_ino
+    with backup_dir(env.root, OLD) as fd:
+        assert os.fstat(fd).st_ino == os.lstat(env.root / OLD).st_ino
+        assert sorted(os.listdir(fd)) == ["configs", "system-info", "top.txt"]
 
 
-def test_resolve_socket_refused(env: Env) -> None:
+def test_socket_is_not_a_backup(env: Env) -> None:
     with pytest.raises(BackupNotFound):
-        resolve(env.root, "backup-20240105_000000")
+        check_backup(env.root, "backup-20240105_000000")
 
 
-def test_resolve_accepts_root_that_is_a_symlink(env: Env, tmp_path: Path) -> None:
+def test_root_that_is_a_symlink_is_accepted(env: Env, tmp_path: Path) -> None:
     link_root = tmp_path / "root-link"
     os.symlink(env.root, link_root)
-    assert resolve(link_root, OLD) == link_root / OLD
+    check_backup(link_root, OLD)
+    with open_member(link_root, OLD, "configs/app.env") as member:
+        assert member.file.read() == b"A=1\n"
     assert [f.name for f in list_folders(link_root)] == [OLD, NEW]
 
 
@@ -494,10 +502,10 @@ def test_delete_does_not_follow_symlinked_service_dir(env: Env) -> None:
 
 
 def test_interrupted_delete_is_purged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(path: object, *args: object, **kwargs: object) -> None:
+    def crash(root_fd: int, name: str) -> None:
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(removal.shutil, "rmtree", crash)
+    monkeypatch.setattr(removal, "remove_tree_at", crash)
     delete_backup(env.root, NEW)  # logically deleted; physical removal failed
     monkeypatch.undo()
     leftovers = [p for p in os.listdir(env.root) if p.startswith(".deleting-")]
@@ -519,9 +527,18 @@ def test_interrupted_delete_is_purged(env: Env, monkeypatch: pytest.MonkeyPatch)
     assert purge_leftovers(env.root / "missing") == []
 
 
-def test_rmtree_is_symlink_safe() -> None:
-    # delete_backup relies on the fd-based rmtree; if this ever became False the guarantee would be gone.
-    assert removal.shutil.rmtree.avoids_symlink_attacks
+def test_delete_removes_a_tree_deeper_than_path_max_and_follows_no_link(env: Env, monkeypatch) -> None:
+    monkeypatch.setattr(removal, "MAX_OPEN_DIRS", 8)  # the deep part is cut off and removed as a piece
+
+    def links(fd: int) -> None:
+        os.symlink(env.outside, "link-out", dir_fd=fd)
+        os.symlink(env.secret, "secret-link", dir_fd=fd)
+
+    _deep_tree(env.root / OLD, levels=30, width=200, at_bottom=links)
+    delete_backup(env.root, OLD)
+    assert not os.path.lexists(env.root / OLD)
+    assert not [p for p in os.listdir(env.root) if p.startswith(".deleting-")]
+    _assert_outside_intact(env)
 
 
 # ------------------------------------------------------------------------------------- metadata
@@ -646,14 +663,13 @@ def test_tar_roundtrip(env: Env, backup_id: str) -> None:
 
 
 def test_tar_small_chunks(env: Env) -> None:
-    plan = plan_tar(env.root, OLD)
-    big, _ = _stream(plan)
+    big, _ = _stream(plan_tar(env.root, OLD))
     for size in (1, 7, 512, 4096):
-        data, chunks = _stream(plan, size)
+        data, chunks = _stream(plan_tar(env.root, OLD), size)
         assert data == big
         assert all(len(c) == size for c in chunks[:-1])
     with pytest.raises(ValueError):
-        next(iter_tar_chunks(plan, 0))
+        next(iter_tar_chunks(plan_tar(env.root, OLD), 0))
 
 
 def test_tar_long_names(env: Env) -> None:
@@ -694,23 +710,47 @@ def test_tar_big_file_spans_chunks(env: Env) -> None:
     assert _extract(data)[1][f"{OLD}/big.bin"] == payload
 
 
-def test_tar_file_truncated_after_planning(env: Env) -> None:
+def _stream_until_refused(plan: tarstream.TarPlan, chunk_size: int = 256) -> bytes:
+    """What the stream sent before it refused to go on (it must refuse)."""
+    sent = bytearray()
+    with pytest.raises(TarChanged):
+        for chunk in iter_tar_chunks(plan, chunk_size):
+            sent += chunk
+    assert len(sent) < plan.content_length
+    return bytes(sent)
+
+
+def test_tar_file_truncated_after_planning_ends_the_stream_instead_of_padding(env: Env) -> None:
     target = env.root / OLD / "system-info" / "uname.txt"
     plan = plan_tar(env.root, OLD)
     target.write_bytes(b"Lin")
-    data, _ = _stream(plan, 256)
-    assert len(data) == plan.content_length
-    assert _extract(data)[1][f"{OLD}/system-info/uname.txt"] == b"Lin" + b"\0" * 57
+    sent = _stream_until_refused(plan)
+    assert b"Lin" + b"\0" * 57 not in sent
 
 
-def test_tar_file_grew_after_planning(env: Env) -> None:
+def test_tar_file_grew_or_was_rewritten_after_planning_ends_the_stream(env: Env) -> None:
     target = env.root / OLD / "configs" / "app.env"
     plan = plan_tar(env.root, OLD)
     with open(target, "ab") as fh:
         fh.write(b"MORE=1\n" * 1000)
-    data, _ = _stream(plan)
-    assert len(data) == plan.content_length
-    assert _extract(data)[1][f"{OLD}/configs/app.env"] == b"A=1\n"
+    _stream_until_refused(plan)
+    plan = plan_tar(env.root, OLD)
+    target.write_bytes(b"B" * target.stat().st_size)  # same size, new content
+    os.utime(target, ns=(1, 1))
+    _stream_until_refused(plan)
+
+
+def test_tar_file_changed_while_it_is_read_ends_the_stream(env: Env) -> None:
+    target = _write(env.root / OLD / "big.bin", b"x" * 10_000)
+    plan = plan_tar(env.root, OLD)
+    sent = bytearray()
+    with pytest.raises(TarChanged):
+        for chunk in iter_tar_chunks(plan, 1024):
+            sent += chunk
+            if b"x" * 1024 in sent and target.stat().st_size == 10_000:
+                with open(target, "r+b") as fh:
+                    fh.truncate(5000)
+    assert len(sent) < plan.content_length
 
 
 def test_tar_file_vanished_or_swapped_after_planning(env: Env) -> None:
@@ -722,12 +762,8 @@ def test_tar_file_vanished_or_swapped_after_planning(env: Env) -> None:
     os.rename(folder / "system-info", env.root.parent / "moved-away")
     _write(env.outside / "uname.txt", b"outside uname!" * 10)
     os.symlink(env.outside, folder / "system-info")
-    data, _ = _stream(plan)
-    assert len(data) == plan.content_length
-    _, contents = _extract(data)
-    assert contents[f"{OLD}/configs/app.env"] == b"\0" * 4
-    assert contents[f"{OLD}/system-info/uname.txt"] == b"\0" * 60
-    assert SECRET not in data and b"outside uname!" not in data
+    sent = _stream_until_refused(plan)
+    assert SECRET not in sent and b"outside uname!" not in sent
 
 
 def test_tar_file_replaced_by_other_file_after_planning(env: Env) -> None:
@@ -736,8 +772,7 @@ def test_tar_file_replaced_by_other_file_after_planning(env: Env) -> None:
     # Same size, different inode (created while the old one still exists, so it cannot be reused).
     _write(target.with_name("tmp"), b"NEW!")
     os.replace(target.with_name("tmp"), target)
-    data, _ = _stream(plan)
-    assert _extract(data)[1][f"{OLD}/configs/app.env"] == b"\0" * 4
+    assert b"NEW!" not in _stream_until_refused(plan)
 
 
 def test_tar_file_replaced_by_fifo_does_not_block(env: Env) -> None:
@@ -745,8 +780,7 @@ def test_tar_file_replaced_by_fifo_does_not_block(env: Env) -> None:
     plan = plan_tar(env.root, OLD)
     target.unlink()
     os.mkfifo(target)
-    data, _ = _stream(plan)
-    assert len(data) == plan.content_length
+    _stream_until_refused(plan)
 
 
 def test_tar_many_tiny_files_few_chunks(env: Env) -> None:
@@ -778,26 +812,55 @@ def test_plan_tar_refuses(env: Env, bad: str) -> None:
         plan_tar(env.root, bad)
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_tar_generator_close_releases_files(env: Env) -> None:
     _write(env.root / OLD / "big.bin", os.urandom(10_000))
+    before = _open_fds()
     plan = plan_tar(env.root, OLD)
     gen = iter_tar_chunks(plan, 1024)
     for _ in range(5):
         next(gen)
-    gen.close()  # client went away: no exception, open file closed by the finally
+    assert _open_fds() > before
+    gen.close()  # client went away: no exception, the open file and the folder closed by the finally
+    assert _open_fds() == before
+    plan_tar(env.root, OLD).close()  # a plan never streamed holds nothing once closed
+    assert _open_fds() == before
 
 
 # -------------------------------------------------------------------------------- open_member
 
 
-def test_open_member_ok(env: Env) -> None:
-    path, st = open_member(env.root, OLD, "configs/app.env")
-    assert path == env.root / OLD / "configs" / "app.env"
-    assert stat.S_ISREG(st.st_mode) and st.st_size == 4
-    with open_verified(path, st) as fh:
-        assert fh.read() == b"A=1\n"
-    path, _ = open_member(env.root, OLD, "system-info/deep/nested/x.bin")
-    assert path.stat().st_size == 3000
+@pytest.fixture(params=["openat2", "component walk"])
+def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    from backups.catalogue import paths
+
+    if request.param == "openat2":
+        if not paths.OPENAT2.enabled:
+            pytest.skip("no openat2 on this kernel or architecture")
+    else:
+        monkeypatch.setattr(paths.OPENAT2, "enabled", False)
+    return request.param
+
+
+def test_open_member_ok(env: Env, opener: str) -> None:
+    with open_member(env.root, OLD, "configs/app.env") as member:
+        assert stat.S_ISREG(member.stat.st_mode) and member.stat.st_size == 4
+        assert member.file.read() == b"A=1\n"
+    with open_member(env.root, OLD, "system-info/deep/nested/x.bin") as member:
+        assert member.stat.st_size == 3000 and len(member.file.read()) == 3000
+
+
+def test_member_opener_reads_files_of_one_backup(env: Env) -> None:
+    with member_opener(env.root, OLD) as open_file:
+        with open_file("configs/app.env") as fh:
+            assert fh.read() == b"A=1\n"
+        with open_file("system-info/deep/nested/x.bin") as fh:
+            assert len(fh.read()) == 3000
+        with pytest.raises(BackupNotFound):
+            open_file("../" + NEW + "/configs/app.env")
 
 
 @pytest.mark.parametrize(
@@ -824,9 +887,10 @@ def test_open_member_ok(env: Env) -> None:
         "missing.txt",
         "configs/app.env/x",
         "x" * 5000,
+        "x" * 40_000,
     ],
 )
-def test_open_member_refuses(env: Env, rel: str) -> None:
+def test_open_member_refuses(env: Env, rel: str, opener: str) -> None:
     with pytest.raises(BackupNotFound) as info:
         open_member(env.root, OLD, rel)
     assert str(info.value) == "file not found"
@@ -842,7 +906,7 @@ def test_open_member_refuses(env: Env, rel: str) -> None:
         "sock",
     ],
 )
-def test_open_member_refuses_links_and_specials(env: Env, rel: str) -> None:
+def test_open_member_refuses_links_and_specials(env: Env, rel: str, opener: str) -> None:
     with pytest.raises(BackupNotFound) as info:
         open_member(env.root, NEW, rel)
     assert str(info.value) == "file not found"
@@ -855,13 +919,14 @@ def test_open_member_bad_backup(env: Env) -> None:
         assert str(info.value) == "backup not found"
 
 
-def test_open_verified_detects_swap(env: Env) -> None:
-    path, st = open_member(env.root, OLD, "configs/app.env")
-    os.rename(env.root / OLD / "configs", env.root.parent / "configs-away")
-    _write(env.outside / "app.env", b"outside")
-    os.symlink(env.outside, env.root / OLD / "configs")
+def test_an_open_member_keeps_reading_the_file_found_inside(env: Env, opener: str) -> None:
+    with open_member(env.root, OLD, "configs/app.env") as member:
+        os.rename(env.root / OLD / "configs", env.root.parent / "configs-away")
+        _write(env.outside / "app.env", b"outside")
+        os.symlink(env.outside, env.root / OLD / "configs")
+        assert member.file.read() == b"A=1\n"
     with pytest.raises(BackupNotFound):
-        open_verified(path, st)
+        open_member(env.root, OLD, "configs/app.env")
 
 
 def test_walk_does_not_follow_directories_swapped_mid_walk(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -869,41 +934,249 @@ def test_walk_does_not_follow_directories_swapped_mid_walk(env: Env, monkeypatch
     _write(env.outside / "deep" / "nested" / "stolen.txt", SECRET)
     _write(env.outside / "stolen-top.txt", SECRET)
     folder = env.root / OLD
-    real_list_dir = scan._list_dir
-    listed: list[Path] = []
+    inodes = {os.lstat(folder).st_ino: "top", os.lstat(folder / "system-info").st_ino: "system-info"}
+    real_list_fd = scan._list_fd
 
-    def swapping_list_dir(path: Path, expected: os.stat_result | None) -> list[tuple[str, os.stat_result]]:
-        entries = real_list_dir(path, expected)
-        listed.append(path)
-        if path == folder / "system-info":
+    def swapping_list_fd(fd: int) -> list[tuple[str, os.stat_result]]:
+        entries = real_list_fd(fd)
+        which = inodes.get(os.fstat(fd).st_ino)
+        if which == "system-info":
             # After system-info was listed (deep/ seen as a real dir), swap system-info for a link to the
-            # outside: opening system-info/deep now goes through the link and finds another inode.
+            # outside: deep/ is opened from the descriptor of the real system-info, wherever it moved.
             os.rename(folder / "system-info", env.root.parent / "si-away")
             os.symlink(env.outside, folder / "system-info")
-        if path == folder:
+        if which == "top":
             # After the top level was listed, swap configs/ itself for a link: O_NOFOLLOW refuses it.
             os.rename(folder / "configs", env.root.parent / "configs-away")
             os.symlink(env.outside, folder / "configs")
         return entries
 
-    monkeypatch.setattr(scan, "_list_dir", swapping_list_dir)
+    monkeypatch.setattr(scan, "_list_fd", swapping_list_fd)
     scanned = scan_backup(env.root, OLD)
     paths = [f.path for f in scanned.files]
     assert not any("stolen" in p for p in paths)
-    assert "configs/app.env" not in paths and "system-info/deep/nested/x.bin" not in paths
-    assert paths == ["system-info/uname.txt", "top.txt"]
+    assert "configs/app.env" not in paths
+    assert "system-info/uname.txt" in paths and "top.txt" in paths
     assert sorted(p.name for p in env.outside.iterdir()) == ["deep", "secret.txt", "stolen-top.txt"]
+
+
+def _deep_tree(folder: Path, levels: int, width: int, at_bottom: Callable[[int], None] | None = None) -> None:
+    """A chain of `levels` directories of `width`-character names below `folder`, built from
+    descriptors (its full path is longer than PATH_MAX), with a file at every level; `at_bottom` gets
+    the deepest directory's descriptor."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(levels):
+            name = f"{level:03d}" + "d" * (width - 3)
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            out = os.open("data.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, f"level {level}\n".encode())
+            os.close(out)
+        if at_bottom is not None:
+            at_bottom(fd)
+    finally:
+        os.close(fd)
+
+
+def _deep_rel(levels: int, width: int) -> str:
+    return "/".join(f"{level:03d}" + "d" * (width - 3) for level in range(levels))
+
+
+def test_a_tree_deeper_than_path_max_is_listed_opened_and_archived(env: Env) -> None:
+    _deep_tree(env.root / OLD, levels=30, width=200)
+    rel = _deep_rel(30, 200) + "/data.txt"
+    assert len(rel) > 4096
+    before = _open_fds()
+    scanned = scan_backup(env.root, OLD)
+    assert scanned.problems == ()
+    assert rel in [f.path for f in scanned.files]
+    assert len([f for f in scanned.files if f.path.endswith("data.txt")]) == 30
+    with open_member(env.root, OLD, rel) as member:
+        assert member.file.read() == b"level 29\n"
+    plan = plan_tar(env.root, OLD)
+    data = b"".join(iter_tar_chunks(plan))
+    assert len(data) == plan.content_length
+    assert _extract(data)[1][f"{OLD}/{rel}"] == b"level 29\n"
+    assert _open_fds() == before
+
+
+def test_a_tree_branching_deeper_than_the_walk_holds_is_reported_not_fatal(env: Env, monkeypatch) -> None:
+    monkeypatch.setattr(scan, "MAX_OPEN_DIRS", 4)
+    current = env.root / OLD / "system-info"
+    for level in range(8):  # the chain goes on in the first of two subfolders: every parent stays open
+        _write(current / f"z-side{level}" / "f.txt", b"x")
+        current = current / f"a-down{level}"
+    _write(current / "bottom.txt", b"bottom")
+    scanned = scan_backup(env.root, OLD)
+    assert scanned.problems and all("nested too deep" in p for p in scanned.problems)
+    assert "configs/app.env" in [f.path for f in scanned.files]
+    with pytest.raises(CatalogueError):
+        plan_tar(env.root, OLD)  # an archive that silently misses files is refused up front
+
+
+UNREADABLE_SCAN = """
+import json, sys
+from pathlib import Path
+from backups.catalogue import scan
+print(json.dumps([[f.name, list(scan.scan_backup(Path(sys.argv[1]), f.name).problems),
+                   [e.path for e in scan.scan_backup(Path(sys.argv[1]), f.name).files]]
+                  for f in scan.list_folders(Path(sys.argv[1]))]))
+"""
+
+
+def _without_dac_capabilities() -> None:
+    """In the child, before exec: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so
+    even root is refused a folder it does not own (the test suite runs as root here)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_an_unreadable_subfolder_is_listed_with_a_problem_and_the_others_are_unaffected(env: Env) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = env.root
+    _write(root / OLD / "secret" / "key.pem", b"key")
+    locked = _write(root / "backup-20240106_000000" / "x.txt", b"x").parent
+    for folder in (root / OLD / "secret", locked):
+        os.chown(folder, 65534, 65534) if os.geteuid() == 0 else None
+        folder.chmod(0o700 if os.geteuid() == 0 else 0)
+    project = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", UNREADABLE_SCAN, str(root)],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_without_dac_capabilities if os.geteuid() == 0 else None,
+        )
+    finally:
+        for folder in (root / OLD / "secret", locked):
+            folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    found = {name: (problems, files) for name, problems, files in json.loads(done.stdout)}
+    assert found[NEW][0] == []
+    problems, files = found[OLD]
+    assert "configs/app.env" in files and "top.txt" in files and "secret/key.pem" not in files
+    assert problems == ["secret: not readable (permission denied)"]
+    problems, files = found["backup-20240106_000000"]
+    assert files == [] and problems == ["the folder is not readable (permission denied)"]
+
+
+def test_opens_below_a_folder_swapped_for_a_symlink_never_read_outside(env: Env, opener: str) -> None:
+    """A thread keeps renaming configs/ away, putting a symlink to an outside folder in its place, and
+    undoing it; opens of configs/<name> must find the real file or nothing, never the outside one."""
+    import threading
+
+    outside_copy = env.outside / "app.env"
+    _write(outside_copy, SECRET)
+    folder = env.root / OLD
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(folder / "configs", folder / "configs-real")
+            os.symlink(env.outside, folder / "configs")
+            time.sleep(0.0002)
+            os.unlink(folder / "configs")
+            os.rename(folder / "configs-real", folder / "configs")
+            time.sleep(0.0002)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    found = refused = 0
+    try:
+        for _ in range(2000):
+            try:
+                with open_member(env.root, OLD, "configs/app.env") as member:
+                    assert member.file.read() == b"A=1\n"
+                    found += 1
+            except BackupNotFound:
+                refused += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert found and refused  # the race was real: both outcomes happened, and never the outside file
 
 
 def test_created_at_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
     # mtimes some filesystems allow but datetime cannot represent: epoch rather than a crash.
-    assert scan._created_at("x", 1e20) == datetime.fromtimestamp(0, tz=UTC)
+    assert scan.folder_created_at("x", 1e20) == datetime.fromtimestamp(0, tz=UTC)
     # A name-time that overflows once converted to UTC (local zone west of UTC): the folder mtime.
     monkeypatch.setenv("TZ", "XYZ+5")
     time.tzset()
     try:
-        assert scan._created_at("backup-99991231_235959", 86400.0) == datetime(1970, 1, 2, tzinfo=UTC)
-        assert scan._created_at("backup-20240101_000000", 0.0) == datetime(2024, 1, 1, 5, tzinfo=UTC)
+        assert scan.folder_created_at("backup-99991231_235959", 86400.0) == datetime(1970, 1, 2, tzinfo=UTC)
+        assert scan.folder_created_at("backup-20240101_000000", 0.0) == datetime(2024, 1, 1, 5, tzinfo=UTC)
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_dir_chain_holds_few_descriptors_and_goes_back_up_safely(env: Env) -> None:
+    from backups.catalogue.paths import DirChain
+
+    _deep_tree(env.root / OLD / "chain", levels=40, width=50)
+    names = [f"{level:03d}" + "d" * 47 for level in range(40)]
+    before = _open_fds()
+    with backup_dir(env.root, OLD) as fd:
+        chain = DirChain(fd, max_open=4)
+        try:
+            for depth in (40, 10, 39, 1, 40, 0, 25):
+                parts = ["chain", *names[:depth]]
+                leaf = chain.dir_fd(parts)
+                assert "data.txt" in os.listdir(leaf) or depth == 0
+                assert _open_fds() <= before + 1 + 4
+            assert chain.dir_fd(["system-info"]) and "uname.txt" in os.listdir(chain.dir_fd(["system-info"]))
+        finally:
+            chain.close()
+    assert _open_fds() == before
+
+
+def test_tar_streams_while_a_folder_is_swapped_for_a_symlink_never_read_outside(env: Env) -> None:
+    """The same swap race against the tar: each stream is a whole archive of the real files, or stops
+    with TarChanged; never a byte of the outside file."""
+    import threading
+
+    _write(env.outside / "app.env", SECRET * 10)
+    folder = env.root / OLD
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(folder / "configs", folder / "configs-real")
+            os.symlink(env.outside, folder / "configs")
+            time.sleep(0.0002)
+            os.unlink(folder / "configs")
+            os.rename(folder / "configs-real", folder / "configs")
+            time.sleep(0.0002)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes = {"whole": 0, "stopped": 0}
+    try:
+        for _ in range(300):
+            sent = bytearray()
+            try:
+                plan = plan_tar(env.root, OLD)
+                for chunk in iter_tar_chunks(plan, 4096):
+                    sent += chunk
+                assert len(sent) == plan.content_length
+                outcomes["whole"] += 1
+            except TarChanged:
+                outcomes["stopped"] += 1
+            assert SECRET not in sent
+    finally:
+        stop.set()
+        swapper.join()
+    assert outcomes["whole"] and outcomes["stopped"], outcomes

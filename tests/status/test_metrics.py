@@ -201,11 +201,25 @@ def test_a_non_ascii_token_is_refused_not_crashed(backup_root: Path, settings) -
     assert response.status_code == 401
 
 
-def test_metrics_are_open_when_no_token_is_configured(backup_root: Path, settings) -> None:
+def test_without_a_token_metrics_are_served_to_this_machine_only(backup_root: Path, settings) -> None:
     settings.METRICS_TOKEN = ""
     scrape()
     # A platform JWT or any other header does not matter then.
     scrape(Authorization="Bearer anything")
+    scrape(Client(REMOTE_ADDR="::1"))
+    for address in ("203.0.113.9", "10.0.0.2", "2001:db8::1", "", "not-an-ip"):
+        response = Client(REMOTE_ADDR=address).get("/metrics")
+        assert response.status_code == 403, address
+        assert response["Content-Type"] == "application/json"
+        assert "this machine only" in response.json()["detail"] and b"backup_" not in response.content
+
+
+def test_with_a_token_any_address_may_scrape(backup_root: Path, settings) -> None:
+    settings.METRICS_TOKEN = TOKEN
+    far = Client(REMOTE_ADDR="203.0.113.9")
+    assert far.get("/metrics").json()["detail"].startswith("Authentication credentials")
+    series, _ = scrape(far, Authorization=f"Bearer {TOKEN}")
+    assert ("backup_backups", frozenset()) in series
 
 
 def test_metrics_are_read_only_and_never_cached(backup_root: Path) -> None:

@@ -37,6 +37,8 @@ class VerificationSerializer(serializers.Serializer):
 class BackupSerializer(serializers.ModelSerializer):
     files = serializers.SerializerMethodField()
     verification = serializers.SerializerMethodField()
+    # What the last walk of the folder could not read; empty when it was read completely.
+    problems = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Backup
@@ -54,6 +56,7 @@ class BackupSerializer(serializers.ModelSerializer):
             "triggered_by",
             "file_count",
             "run_id",
+            "problems",
             "files",
         ]
         read_only_fields = fields

@@ -1,22 +1,37 @@
 """`GET /metrics`: Prometheus scrapes. A plain Django view, not a DRF one: scrapers carry a static
-`METRICS_TOKEN`, not a platform JWT. The text format or OpenMetrics, as the scraper's Accept asks."""
+`METRICS_TOKEN`, not a platform JWT. The text format or OpenMetrics, as the scraper's Accept asks.
+
+Without a `METRICS_TOKEN`, only clients on this machine get an answer (the address the server saw,
+which behind nginx is the real client's only with BEHIND_PROXY=1). Scrapes are not rate-limited: a
+scraper asks every few seconds for ever, and gaps in its series would be read as outages; a refusal
+costs one constant-time comparison, and a 256-bit token is not guessed by asking faster."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 from prometheus_client.exposition import choose_encoder
 
 from backups.status.metrics import registry
 
 
+def _from_this_machine(request: HttpRequest) -> bool:
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def _authorized(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     if not token:
-        return True  # open when no token is configured (loopback-only or embedded installs)
+        return _from_this_machine(request)
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
@@ -27,10 +42,13 @@ def _authorized(request: HttpRequest) -> bool:
 @require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _authorized(request):
-        response = HttpResponse(
-            "Authentication credentials were not provided or are invalid.\n",
-            status=401,
-            content_type="text/plain; charset=utf-8",
+        if not settings.METRICS_TOKEN:
+            return JsonResponse(
+                {"detail": "Metrics are served to this machine only (no METRICS_TOKEN is configured)."},
+                status=403,
+            )
+        response = JsonResponse(
+            {"detail": "Authentication credentials were not provided or are invalid."}, status=401
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

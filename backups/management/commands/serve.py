@@ -1,4 +1,5 @@
-"""`manage.py serve`: uvicorn (streams with back-pressure) plus, by default, the worker in a thread.
+"""`manage.py serve`: uvicorn (streams with back-pressure; limits in `backups.server`) plus, by
+default, the worker in a thread.
 
 SIGTERM/SIGINT: stop taking runs, give a running backup SHUTDOWN_GRACE_SECONDS to end by itself, then stop
 following it (its supervisor keeps it running and recorded; the next start follows it again), then close
@@ -22,6 +23,7 @@ from django.core.management.base import BaseCommand
 from backups import events
 from backups.catalogue.services import ensure_backup_root
 from backups.management.startup import ensure_migrated, ensure_port_free
+from backups.server import uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +76,7 @@ class Command(BaseCommand):
             call_command("print_welcome", port=port)
 
         worker = None if no_worker else Worker(label="serve")
-        config = uvicorn.Config(
-            "backup_platform.asgi:application",
-            host=host,
-            port=port,
-            lifespan="off",
-            log_config=None,
-            ws_ping_interval=settings.WS_PING_INTERVAL_SECONDS,
-            ws_ping_timeout=settings.WS_PING_INTERVAL_SECONDS,
-            timeout_graceful_shutdown=10,
-            proxy_headers=True,
-            server_header=False,
-            access_log=False,
-        )
+        config = uvicorn_config("backup_platform.asgi:application", host=host, port=port)
         worker_thread: threading.Thread | None = None
 
         def shut_down() -> None:
