@@ -1,8 +1,13 @@
-"""Who may open `/backup-ws`: the Origin rule."""
+"""Who may open `/backup-ws`, and which protocol answers: Socket.IO when the query carries `EIO`, the
+plain WebSocket consumer otherwise. One Origin rule for both."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
@@ -13,6 +18,8 @@ from django.urls import re_path
 from backups.realtime.consumers import BackupEventsConsumer
 
 websocket_urlpatterns = [re_path(r"^backup-ws/?$", BackupEventsConsumer.as_asgi())]
+
+REALTIME_PATH = re.compile(r"^/backup-ws/?$")
 
 
 class _ScopeRequest(HttpRequest):
@@ -64,6 +71,15 @@ def origin_of(scope: dict[str, Any]) -> str | None:
     return values[0] if len(values) == 1 else ",".join(values)  # two Origin headers match nothing
 
 
+def speaks_engineio(scope: dict[str, Any]) -> bool:
+    """A request for Socket.IO: on the realtime path, with `EIO` in the query (every Engine.IO request
+    carries it, the handshake and each poll)."""
+    if not REALTIME_PATH.match(scope.get("path", "")):
+        return False
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    return "EIO" in query
+
+
 class BrowserOriginValidator:
     """Channels' own validator also refuses clients that send no Origin at all, and ignores the scheme
     and the port; this one applies `origin_allowed`."""
@@ -75,3 +91,59 @@ class BrowserOriginValidator:
         if origin_allowed(origin_of(scope), scope):
             return await self.application(scope, receive, send)
         return await WebsocketDenier()(scope, receive, send)
+
+
+class RealtimeDispatcher:
+    """Engine.IO requests (HTTP long-polling and WebSocket) to the Socket.IO app, after the Origin rule;
+    everything else to `other` (Django for HTTP, the plain consumer for WebSockets)."""
+
+    def __init__(self, socketio_app: Any, other: Any) -> None:
+        self.socketio_app = socketio_app
+        self.other = other
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if not speaks_engineio(scope):
+            return await self.other(scope, receive, send)
+        if origin_allowed(origin_of(scope), scope):
+            if scope["type"] == "http":
+                return await self._until_disconnect(scope, receive, send)
+            return await self.socketio_app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await WebsocketDenier()(scope, receive, send)
+        body = json.dumps({"detail": "This origin may not open /backup-ws."}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _until_disconnect(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Engine.IO never reads again during a long-poll, so it would not see the client leave: the poll
+        of a closed tab held its task for a minute (ping interval + timeout), and every shutdown waited
+        out uvicorn's graceful timeout for it. Here the request ends when its client does."""
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1)  # never more than one message ahead
+        request = asyncio.ensure_future(self.socketio_app(scope, inbox.get, send))
+
+        async def forward() -> None:
+            while True:
+                message = await receive()
+                await inbox.put(message)
+                if message["type"] == "http.disconnect":
+                    request.cancel()  # a no-op once the response is out and the request returned
+                    return
+
+        forwarder = asyncio.ensure_future(forward())
+        try:
+            await request
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the server cancels this request: not ours to swallow
+        finally:
+            forwarder.cancel()

@@ -57,6 +57,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="run backups in `backup_worker` instead")
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
+        from backups.realtime.socketio import close_sessions
         from backups.worker.loop import Worker
 
         ensure_backup_root()
@@ -76,6 +77,7 @@ class Command(BaseCommand):
             access_log=False,
         )
         worker_thread: threading.Thread | None = None
+        loop: asyncio.AbstractEventLoop | None = None
 
         def shut_down() -> None:
             logger.info(
@@ -95,13 +97,17 @@ class Command(BaseCommand):
                 worker.request_shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + settings.BACKUP_KILL_GRACE_SECONDS + 15)
             events.drain(3)
+            if loop is not None:
+                with contextlib.suppress(Exception):  # a stuck close must not keep the process up
+                    asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(3)
             server.should_exit = True
 
         server = GracefulServer(config, shut_down)
 
         async def main() -> None:
-            nonlocal worker_thread
-            events.use_loop(asyncio.get_running_loop())
+            nonlocal worker_thread, loop
+            loop = asyncio.get_running_loop()
+            events.use_loop(loop)
             if worker is not None:
                 worker_thread = threading.Thread(target=worker.run_forever, name="backup-worker", daemon=True)
                 worker_thread.start()
