@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through the request guard (body limit, aborted downloads) and Django (2 MiB
-response chunks), WebSockets through Channels."""
+response chunks), WebSockets through Channels, and Socket.IO (HTTP long-polling and WebSocket) on
+`/backup-ws` when the query carries `EIO`."""
 
 import os
 
@@ -13,15 +14,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 from backups.asgi_guard import RequestGuard  # noqa: E402
-from backups.realtime.routing import BrowserOriginValidator, websocket_urlpatterns  # noqa: E402
+from backups.realtime import socketio  # noqa: E402
+from backups.realtime.routing import (  # noqa: E402
+    BrowserOriginValidator,
+    RealtimeDispatcher,
+    websocket_urlpatterns,
+)
 
 # Django splits each streamed part into 64 KiB ASGI messages; downloads yield 2 MiB parts, and sending
 # them whole doubles the throughput (measured: 0.97 -> 1.7 GB/s on loopback).
 ASGIHandler.chunk_size = 1 << 21
 
+plain_websocket = BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
 application = ProtocolTypeRouter(
     {
-        "http": RequestGuard(django_asgi_app),
-        "websocket": BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "http": RequestGuard(RealtimeDispatcher(socketio.app, django_asgi_app)),
+        "websocket": RealtimeDispatcher(socketio.app, plain_websocket),
     }
 )

@@ -98,13 +98,14 @@ class _Publisher:
             self._enqueue(*pending)
 
     async def _send_forever(self) -> None:
-        layer = get_channel_layer()
         while True:
             item = await self.queue.get()
             if item is None:
                 return
             event, data = item
             try:
+                # Looked up per event (a dict lookup): a layer rebuilt after a settings change is used.
+                layer = get_channel_layer()
                 await layer.group_send(GROUP, {"type": "backup.event", "event": event, "data": data})
             except Exception:  # a Redis outage must not kill the publisher: the next event may pass
                 logger.warning("could not publish %s event", event, exc_info=True)

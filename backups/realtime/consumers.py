@@ -71,7 +71,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
     async def _close_if_not_authenticated(self) -> None:
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT_SECONDS)
         if self.user_id is None and not self.closing:
-            await self._refuse(CLOSE_AUTH_TIMEOUT, "authentication timed out")
+            await self._refuse(CLOSE_AUTH_TIMEOUT, protocol.AUTH_TIMED_OUT)
 
     async def _refuse(self, code: int, message: str) -> None:
         if self.closing:
@@ -86,13 +86,13 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
             # In a thread: with JWT_JWKS_URL the key fetch blocks, and the loop serves every socket.
             user = await asyncio.to_thread(verify)
         except auth.TokenRefused as error:
-            await self._refuse(CLOSE_UNAUTHENTICATED, f"invalid token: {error}")
+            await self._refuse(CLOSE_UNAUTHENTICATED, protocol.invalid_token(str(error)))
             return
         if user is None:
-            await self._refuse(CLOSE_UNAUTHENTICATED, "authentication required")
+            await self._refuse(CLOSE_UNAUTHENTICATED, protocol.AUTH_REQUIRED)
             return
         if not user.is_super_admin:
-            await self._refuse(CLOSE_FORBIDDEN, "the SUPER_ADMIN role is required")
+            await self._refuse(CLOSE_FORBIDDEN, protocol.SUPER_ADMIN_REQUIRED)
             return
         self.user_id = user.id
         if self.deadline_task:
@@ -106,7 +106,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
         frame = protocol.parse(text_data)
         event = frame.event if frame else protocol.event_name_of(text_data)
         if self.user_id is None and event != protocol.AUTHENTICATE:
-            await self._refuse(CLOSE_UNAUTHENTICATED, "authenticate first")
+            await self._refuse(CLOSE_UNAUTHENTICATED, protocol.AUTH_FIRST)
             return
         if frame is None:
             await self.send_json(protocol.error_frame(protocol.MALFORMED))
@@ -117,7 +117,7 @@ class BackupEventsConsumer(AsyncJsonWebsocketConsumer):
                 if self.user_id is not None:
                     await self.send_json(protocol.frame("authenticated", {"user_id": self.user_id}))
                     return
-                await self._refuse(CLOSE_UNAUTHENTICATED, "authenticate needs a token")
+                await self._refuse(CLOSE_UNAUTHENTICATED, protocol.AUTH_NEEDS_TOKEN)
                 return
             await self._authenticate_with(lambda: auth.verify_token(token))
         elif frame.event == protocol.SUBSCRIBE:

@@ -21,6 +21,17 @@ CLIENT_EVENTS = (AUTHENTICATE, SUBSCRIBE, GET_STATUS)
 
 LAYER_DOWN = "live events are unavailable right now; reconnect in a few seconds"
 MALFORMED = 'malformed frame: expected {"event": "<name>", "data": {...}}'
+AUTH_TIMED_OUT = "authentication timed out"
+AUTH_FIRST = "authenticate first"
+AUTH_NEEDS_TOKEN = "authenticate needs a token"
+AUTH_REQUIRED = "authentication required"
+SUPER_ADMIN_REQUIRED = "the SUPER_ADMIN role is required"
+
+# Socket.IO keeps its connection through a channel-layer outage (its fan-out re-attaches by itself), so
+# it says so instead of asking for a reconnect.
+MALFORMED_EVENT = "malformed event: expected one object argument (and an optional ack)"
+LAYER_DOWN_RESUMING = "live events are unavailable right now; they resume by themselves, no reconnect needed"
+LAYER_BACK = "live events are back; those of the outage were missed (get-realtime-status has the state)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,10 @@ def event_name_of(text: str | None) -> str | None:
     except (ValueError, RecursionError):
         return None
     return value.get("event") if isinstance(value, dict) and isinstance(value.get("event"), str) else None
+
+
+def invalid_token(reason: str) -> str:
+    return f"invalid token: {reason}"
 
 
 def unknown_event(event: str) -> dict[str, Any]:

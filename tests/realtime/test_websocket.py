@@ -152,15 +152,50 @@ async def test_malformed_and_unknown_frames_keep_the_connection(make_token, back
     await ws.disconnect()
 
 
-async def test_browser_origin_must_be_allowed(make_token, settings, backup_root):
-    settings.ALLOWED_HOSTS = ["backups.example.test"]
+def with_scheme(app, scheme: str):
+    async def wrapped(scope, receive, send):
+        return await app({**scope, "scheme": scheme}, receive, send)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    "origin, host, scheme, accepted",
+    [
+        (None, "backups.example.test", "wss", True),  # scripts and services send no Origin
+        ("https://backups.example.test", "backups.example.test", "wss", True),
+        ("https://admin.example.test", "backups.example.test", "wss", True),  # CORS_ALLOWED_ORIGINS
+        ("http://backups.example.test", "backups.example.test", "wss", False),  # other scheme
+        ("https://backups.example.test:8443", "backups.example.test", "wss", False),  # other port
+        ("http://localhost:9999", "localhost:6027", "ws", False),  # another local port, same host
+        ("http://localhost:6027", "localhost:6027", "ws", True),
+        ("https://localhost:6027", "localhost:6027", "ws", False),
+        ("https://evil.example.test", "backups.example.test", "wss", False),
+        ("https://evil.example.test", "evil.example.test", "wss", False),  # DNS rebinding: Host not allowed
+    ],
+)
+async def test_browser_origin_must_be_the_servers_own_or_a_cors_origin(
+    origin, host, scheme, accepted, settings, backup_root
+):
+    settings.ALLOWED_HOSTS = ["backups.example.test", "localhost"]
     settings.CORS_ALLOWED_ORIGINS = ["https://admin.example.test"]
+    headers = [(b"host", host.encode())] + ([(b"origin", origin.encode())] if origin else [])
+    ws = WebsocketCommunicator(with_scheme(application, scheme), "/backup-ws", headers=headers)
+    connected, _ = await ws.connect()
+    assert connected is accepted, (origin, host, scheme)
+    if connected:
+        await ws.disconnect()
+
+
+async def test_behind_a_proxy_the_forwarded_scheme_is_the_servers(settings, backup_root):
+    settings.ALLOWED_HOSTS = ["backups.example.test"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     for origin, accepted in (
-        (b"https://evil.example.test", False),
-        (b"https://admin.example.test", True),
         (b"https://backups.example.test", True),
+        (b"http://backups.example.test", False),
     ):
-        ws = connect([(b"origin", origin)])
+        headers = [(b"host", b"backups.example.test"), (b"x-forwarded-proto", b"https"), (b"origin", origin)]
+        ws = WebsocketCommunicator(application, "/backup-ws", headers=headers)
         connected, _ = await ws.connect()
         assert connected is accepted, origin
         if connected:

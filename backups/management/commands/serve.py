@@ -67,6 +67,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, no_worker: bool, welcome: bool, **options) -> None:
+        from backups.realtime.socketio import close_sessions
         from backups.worker.loop import Worker
 
         ensure_migrated()
@@ -78,6 +79,7 @@ class Command(BaseCommand):
         worker = None if no_worker else Worker(label="serve")
         config = uvicorn_config("backup_platform.asgi:application", host=host, port=port)
         worker_thread: threading.Thread | None = None
+        loop: asyncio.AbstractEventLoop | None = None
 
         def shut_down() -> None:
             logger.info(
@@ -97,13 +99,17 @@ class Command(BaseCommand):
                 worker.request_shutdown(settings.SHUTDOWN_GRACE_SECONDS)
                 worker_thread.join(settings.SHUTDOWN_GRACE_SECONDS + 15)
             events.drain(3)
+            if loop is not None:
+                with contextlib.suppress(Exception):  # a stuck close must not keep the process up
+                    asyncio.run_coroutine_threadsafe(close_sessions(), loop).result(3)
             server.should_exit = True
 
         server = GracefulServer(config, shut_down)
 
         async def main() -> None:
-            nonlocal worker_thread
-            events.use_loop(asyncio.get_running_loop())
+            nonlocal worker_thread, loop
+            loop = asyncio.get_running_loop()
+            events.use_loop(loop)
             if worker is not None:
                 worker_thread = threading.Thread(target=worker.run_forever, name="backup-worker", daemon=True)
                 worker_thread.start()
