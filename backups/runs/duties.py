@@ -12,10 +12,14 @@ from backups.runs.models import Duty
 
 logger = logging.getLogger(__name__)
 
-# After a successful backup run, in the order the worker does them.
-AFTER_SUCCESS: tuple[str, ...] = ("verify", "retention")
-# After any end (failed, cancelled, interrupted, ...).
-AFTER_FAILURE: tuple[str, ...] = ()
+NOTIFY = "notify"  # tell the channels how the run ended (`notifications.step`)
+NOTIFY_START = "notify_start"  # the monitor's `/start` ping, left where the run is claimed
+RETENTION = "retention"  # after a failure, it applies only with `retention.afterFailure`
+
+# After a successful backup run. Notifying comes first: a long verification must not hold it back.
+AFTER_SUCCESS: tuple[str, ...] = (NOTIFY, "verify", RETENTION)
+# After any other end (failed, cancelled, interrupted, ...).
+AFTER_FAILURE: tuple[str, ...] = (NOTIFY, RETENTION)
 
 
 def owed_after(succeeded: bool) -> tuple[str, ...]:

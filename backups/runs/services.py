@@ -33,18 +33,21 @@ __all__ = [
 ]
 
 
-def run_enqueue(*, actor: Actor, description: str = "", run_type: str = RunType.MANUAL) -> Run:
+def run_enqueue(
+    *, actor: Actor, description: str = "", run_type: str = RunType.MANUAL, retry_of: Run | None = None
+) -> Run:
     """Queue a run for the worker. The partial unique constraint on active runs makes the database,
-    not this function, the judge of "only one at a time": a concurrent insert fails with IntegrityError."""
+    not this function, the judge of "only one at a time": a concurrent insert fails with IntegrityError.
+    `retry_of`: the failed scheduled run this one retries."""
     try:
         with transaction.atomic():
-            run = Run.objects.create(type=run_type, description=description, triggered_by=actor.id)
-            audit(
-                "run.create",
-                actor=actor,
-                target=str(run.id),
-                details={"type": run_type, "description": description},
+            run = Run.objects.create(
+                type=run_type, description=description, triggered_by=actor.id, retry_of=retry_of
             )
+            details = {"type": run_type, "description": description}
+            if retry_of is not None:
+                details["retry_of"] = str(retry_of.id)
+            audit("run.create", actor=actor, target=str(run.id), details=details)
     except IntegrityError:
         current = current_run()
         raise refuse(
@@ -78,11 +81,15 @@ def run_record_skipped(*, reason: str, run_type: str = RunType.SCHEDULED, actor:
 
 
 def run_claim(*, run: Run, worker: str) -> bool:
-    """Take a queued run: a conditional update, so two workers can never both win it."""
+    """Take a queued run: a conditional update, so two workers can never both win it. The start is
+    owed to the monitor ping, so its duty is written in the same transaction."""
     now = timezone.now()
-    won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
-    )
+    with transaction.atomic():
+        won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
+        )
+        if won:
+            Duty.objects.create(run_id=run.id, name=duties.NOTIFY_START)
     if won:
         run.refresh_from_db()
     return won == 1
@@ -193,6 +200,7 @@ def run_request_cancel(*, run: Run, actor: Actor) -> Run:
             progress_stage="cancelled",
         ):
             run.refresh_from_db()
+            Duty.objects.create(run=run, name=duties.NOTIFY)  # a night without its backup is news
             audit("run.cancel", actor=actor, target=str(run.id), details={"was": "queued"})
             events.broadcast_on_commit(
                 events.BACKUP_ERROR, {"run_id": str(run.id), "error": run.error, "exit_code": None}

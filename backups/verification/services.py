@@ -8,9 +8,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from backups import events
 from backups.audit import WORKER, Actor, audit
 from backups.catalogue.models import Backup
+from backups.notifications.services import notify_verification_failed
 from backups.verification import quick
 
 logger = logging.getLogger(__name__)
@@ -35,5 +35,9 @@ def backup_record_verification(*, backup_id: str, verified: bool, actor: Actor =
             outcome="ok" if verified else "failed",
             details={"verified": verified},
         )
-    if not verified:
-        events.notify("error", f"Backup {backup_id} does not match its manifest (MANIFEST.sha256).")
+        if not verified:
+            notify_verification_failed(
+                backup_id=backup_id,
+                level="quick",
+                problems=["The backup does not match its manifest (MANIFEST.sha256)."],
+            )

@@ -1,9 +1,11 @@
 """The worker: a loop over small steps that each say whether they found work.
 
 It holds a lease row while it works (a second worker waits until the holder stops renewing), recovers
-runs a dead process left `running`, does the duties finished runs left (check the new backup, apply
-retention), claims queued runs with a conditional update and runs the script through `runner`, fires
-the schedule and keeps the catalogue in sync. No transaction is held while the script runs.
+runs a dead process left `running`, does the duties finished runs left (write the outbox of their
+notifications, check the new backup, apply retention), claims queued runs with a conditional update
+and runs the script through `runner`, fires the schedule and daily retention, and keeps the catalogue
+in sync. No transaction is held while the script runs. Notifications are delivered by a thread of
+their own (`notifier`), only while the lease is held.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from django.db import close_old_connections
 
 from backups import runner
 from backups.catalogue import removal, sync
-from backups.retention.step import apply_after_run
+from backups.notifications.services import deliveries_release_claims
+from backups.notifications.step import notify_after_runs
+from backups.retention.step import apply_after_run, apply_daily
 from backups.runs.models import Run, RunStatus
 from backups.runs.outcome import RunEnd
 from backups.runs.selectors import next_queued_run
@@ -29,10 +33,13 @@ from backups.verification.step import verify_new_backups
 from backups.worker import schedule
 from backups.worker.execution import RunExecution
 from backups.worker.lease import Lease, holder_name
+from backups.worker.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 
 SCHEDULE_CHECK_SECONDS = 5.0
+RETENTION_CHECK_SECONDS = 60.0
+NOTIFIER_STOP_SECONDS = 15.0
 
 
 class Worker:
@@ -43,7 +50,9 @@ class Worker:
         self.shutdown_deadline: float | None = None
         self.last_sync = 0.0
         self.last_schedule_check = 0.0
+        self.last_retention_check = 0.0
         self.current_run: Run | None = None
+        self.notifier = Notifier(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -63,9 +72,11 @@ class Worker:
                     found = False
                 finally:
                     close_old_connections()
+                self.notifier.ensure_running()
                 if not found:
                     self.stopping.wait(settings.WORKER_POLL_SECONDS)
         finally:
+            self.notifier.stop(NOTIFIER_STOP_SECONDS)
             self.release_lease()
             logger.info("worker stopped", extra={"worker": self.id})
 
@@ -97,6 +108,7 @@ class Worker:
 
     def on_acquired(self) -> None:
         removal.purge_leftovers(Path(settings.BACKUP_ROOT))
+        deliveries_release_claims()
         self.recover_orphans()
         sync.sync_all()
         self.last_sync = time.monotonic()
@@ -162,6 +174,12 @@ class Worker:
         self.last_schedule_check = now_mono
         return schedule.tick()
 
+    def retention_daily(self) -> bool:
+        if time.monotonic() - self.last_retention_check < RETENTION_CHECK_SECONDS:
+            return False
+        self.last_retention_check = time.monotonic()
+        return apply_daily()
+
     def periodic_sync(self) -> bool:
         if time.monotonic() - self.last_sync < settings.CATALOGUE_SYNC_SECONDS:
             return False
@@ -203,7 +221,7 @@ class Worker:
 
 
 # The duties a run's end leaves (`backups.runs.duties`), each done by its capability's step.
-DUTIES: tuple[Callable[[], bool], ...] = (verify_new_backups, apply_after_run)
+DUTIES: tuple[Callable[[], bool], ...] = (notify_after_runs, verify_new_backups, apply_after_run)
 
 # One pass of the loop. Duties come before the next queued run, as they did when they ran inline
 # after each run: a new backup never starts before the previous one was checked.
@@ -212,5 +230,6 @@ STEPS: tuple[Callable[[Worker], bool], ...] = (
     Worker.owed_duties,
     Worker.run_next_queued,
     Worker.schedule_tick,
+    Worker.retention_daily,
     Worker.periodic_sync,
 )

@@ -118,10 +118,10 @@ def test_a_duty_that_keeps_failing_is_dropped_after_three_attempts(backup_root, 
     from backups.models import Duty, Run, RunStatus
     from backups.retention import step
 
-    def broken() -> list[str]:
+    def broken(**kwargs) -> list[tuple[str, str]]:
         raise RuntimeError("retention exploded")
 
-    monkeypatch.setattr(step, "retention_apply", broken)
+    monkeypatch.setattr(step, "retention_apply_automatic", broken)
     run = Run.objects.create(status=RunStatus.SUCCEEDED, triggered_by="t")
     Duty.objects.create(run=run, name="retention")
     for attempts in (1, 2):
