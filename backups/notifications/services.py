@@ -272,8 +272,9 @@ def delivery_attempt(delivery: Delivery, *, now: datetime | None = None) -> Deli
     """Send a claimed delivery once and record the outcome."""
     now = now or timezone.now()
     notification = delivery.notification
-    if notification.event == messages.RUN_STARTED and _run_has_ended(notification):
-        # A late `/start` after the run's end would tell the monitor a new run began.
+    if notification.event == messages.RUN_STARTED and delivery.attempts > 1 and _run_has_ended(notification):
+        # A first attempt goes before the end's (oldest due first); a retry may come after it, and a
+        # `/start` after the end would tell the monitor that a new run began.
         result = DeliveryResult(
             delivery.channel,
             delivery.target,
