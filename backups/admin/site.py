@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString
 admin.site.site_header = "Beauty Platform — Backups"
 admin.site.site_title = "Beauty Platform backups"
 admin.site.index_title = "Backup administration"
-# Six models do not need a second app list: the width goes to the backup and run columns instead.
+# Seven models do not need a second app list: the width goes to the backup and run columns instead.
 admin.site.enable_nav_sidebar = False
 
 
@@ -30,6 +30,9 @@ BADGE_COLOURS = {
     "interrupted": "#e65100",
     "refused": "#e65100",
     "skipped": "#757575",
+    "delivered": "#2e7d32",
+    "pending": "#546e7a",
+    "retrying": "#e65100",
 }
 
 
