@@ -74,9 +74,12 @@ def for_message(message: messages.Message, document: dict[str, Any]) -> list[Cha
     """The channels that must hear this event. A success reaches the people's channels only with
     `onSuccess` (a nightly "all fine" soon goes unread); the monitor ping hears every start and end,
     which is how the monitor notices a night without any."""
+    run = message.data.get("run") if isinstance(message.data, dict) else None
+    # The monitor watches backups: a verification or restore run starting must not read as one.
+    backup_run = not isinstance(run, dict) or run.get("kind", "backup") == "backup"
     chosen = []
     for channel in configured(document):
-        if not channel.accepts(message):
+        if not channel.accepts(message) or (channel.name == PING and not backup_run):
             continue
         if (
             message.event == messages.RUN_SUCCEEDED

@@ -6,6 +6,7 @@ back-off (the clock injected), failed at once when retrying cannot help."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -16,8 +17,11 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from backups.audit import Actor
+from backups.config.selectors import config_current
 from backups.config.services import config_update
 from backups.models import Delivery, DeliveryStatus, Duty, Notification, Run, RunStatus
+from backups.notifications import channels, messages
+from backups.notifications.services import run_info
 from backups.notifications.step import check_stale, deliver_due, notify_after_runs
 from backups.runs.services import RunEnd, run_claim, run_enqueue, run_finish
 from backups.verification.services import backup_record_verification
@@ -275,3 +279,13 @@ def test_the_stale_alert_is_raised_once_and_rearmed_by_the_next_success(configur
     configured(staleAfterHours=0)
     assert check_stale(now=t0 + timedelta(hours=500)) is False
     assert Notification.objects.filter(event="backup.stale").count() == 2
+
+
+def test_the_monitor_ping_hears_backup_runs_only(configured, receiver):
+    configured(healthcheckUrl=receiver.base + "/ping", webhook=receiver.base + "/hook")
+    run = a_run(RunStatus.FAILED)
+    verify_run = dataclasses.replace(run_info(run), kind="verify")
+    message = messages.run_finished(
+        verify_run, message_id=messages.new_message_id(), timestamp=timezone.now()
+    )
+    assert [channel.name for channel in channels.for_message(message, config_current())] == ["webhook"]
