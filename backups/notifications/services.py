@@ -194,7 +194,7 @@ def _send(delivery: Delivery, channel: channels.Channel, message: messages.Messa
     try:
         transport = channel.transport()
         result = transports.deliver(transport, message)
-    except Exception as error:  # noqa: BLE001 - every failure is recorded, none may stop the others
+    except Exception as error:  # every failure is recorded: none may stop the other channels
         return _result_of_exception(delivery.channel, delivery.target, error, [channel.value])
     return result
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from backups.runs.models import Duty
 
@@ -24,6 +25,12 @@ AFTER_FAILURE: tuple[str, ...] = (NOTIFY, RETENTION)
 
 def owed_after(succeeded: bool) -> tuple[str, ...]:
     return AFTER_SUCCESS if succeeded else AFTER_FAILURE
+
+
+def owed_at_start(document: dict[str, Any]) -> tuple[str, ...]:
+    """Only the monitor ping hears a start. Without one nothing is owed, and the database stays quiet in
+    the moment the script is spawned and its process group recorded."""
+    return (NOTIFY_START,) if document["notifications"]["healthcheckUrl"] else ()
 
 
 MAX_ATTEMPTS = 3

@@ -13,6 +13,7 @@ from backups.audit import SCHEDULE, Actor, audit, refuse
 from backups.catalogue import sync
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.services import backup_write_facts
+from backups.config.selectors import config_current
 from backups.runs import duties
 from backups.runs.models import Duty, Run, RunStatus, RunType
 from backups.runs.outcome import RunEnd
@@ -83,13 +84,14 @@ def run_record_skipped(*, reason: str, run_type: str = RunType.SCHEDULED, actor:
 def run_claim(*, run: Run, worker: str) -> bool:
     """Take a queued run: a conditional update, so two workers can never both win it. The start is
     owed to the monitor ping, so its duty is written in the same transaction."""
+    owed = duties.owed_at_start(config_current())
     now = timezone.now()
     with transaction.atomic():
         won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
             status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
         )
         if won:
-            Duty.objects.create(run_id=run.id, name=duties.NOTIFY_START)
+            Duty.objects.bulk_create([Duty(run_id=run.id, name=name) for name in owed])
     if won:
         run.refresh_from_db()
     return won == 1
