@@ -7,12 +7,16 @@ when present; a real environment variable wins over it. A bad value stops start-
 
 from __future__ import annotations
 
+import binascii
 import importlib.util
 import os
 import re
 import secrets
+import socket
 import sys
+from base64 import b64decode
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -77,6 +81,52 @@ def parse_rate(name: str, raw: str) -> tuple[int, int]:
         raise ImproperlyConfigured(f"{name} must look like 200/15m (<count>/<n><s|m|h|d>), got {raw!r}")
     unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(3)]
     return int(match.group(1)), int(match.group(2) or 1) * unit
+
+
+def parse_email_url(name: str, raw: str) -> dict[str, object]:
+    """Django's e-mail settings from one URL: `smtp://user:pass@host:587?tls=1` (STARTTLS),
+    `smtp+ssl://user:pass@host:465` (TLS from the start; `smtps://` too), `console://` (printed to
+    stdout, for trying it out). The password is never part of an error message."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} is not a URL like smtp://user:password@host:587?tls=1") from None
+    scheme = parts.scheme.lower()
+    if scheme == "console":
+        return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    if scheme not in ("smtp", "smtp+tls", "smtp+ssl", "smtps"):
+        raise ImproperlyConfigured(
+            f"{name} must start with smtp://, smtp+tls://, smtp+ssl://, smtps:// or console://, "
+            f"got {scheme!r}"
+        )
+    if not parts.hostname:
+        raise ImproperlyConfigured(f"{name} needs a host name (smtp://user:password@host:587)")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    ssl = scheme in ("smtp+ssl", "smtps") or query.get("ssl", "") in ("1", "true", "yes")
+    tls = not ssl and (scheme == "smtp+tls" or query.get("tls", "") in ("1", "true", "yes"))
+    return {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": parts.hostname,
+        "EMAIL_PORT": port or (465 if ssl else 587 if tls else 25),
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_SSL": ssl,
+        "EMAIL_USE_TLS": tls,
+    }
+
+
+def check_webhook_secret(name: str, raw: str) -> str:
+    """`whsec_<base64>` (the Standard Webhooks form) must decode; any other non-empty string is used as
+    it is (see `notifications.transports.webhook_key`)."""
+    if raw.startswith("whsec_"):
+        encoded = raw[len("whsec_") :]
+        try:
+            if not b64decode(encoded + "=" * (-len(encoded) % 4), validate=True):
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise ImproperlyConfigured(f"{name} starts with whsec_ but the rest is not base64") from None
+    return raw
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -237,6 +287,20 @@ MAX_HEADER_BYTES = envint("MAX_HEADER_BYTES", 64 * 1024, minimum=8 * 1024, maxim
 HEADER_TIMEOUT_SECONDS = envint("HEADER_TIMEOUT_SECONDS", 10, minimum=1, maximum=3600)
 # Connections (and requests in progress) one serve process accepts; beyond it new requests get 503.
 MAX_CONNECTIONS = envint("MAX_CONNECTIONS", 512, minimum=8)
+
+# --- notifications --------------------------------------------------------------------------------
+
+# The key that signs webhook deliveries (Standard Webhooks); without it the webhook is not called.
+WEBHOOK_SECRET = check_webhook_secret("WEBHOOK_SECRET", env("WEBHOOK_SECRET"))
+# Where e-mail notifications go out; without it they are not sent (and the deliveries say why).
+EMAIL_URL = env("EMAIL_URL")
+if EMAIL_URL:
+    globals().update(parse_email_url("EMAIL_URL", EMAIL_URL))
+DEFAULT_FROM_EMAIL = env("EMAIL_FROM", "backup-service@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+EMAIL_TIMEOUT = 10
+# Shown in every notification's title, so that a message from one of several servers says which.
+NOTIFICATION_SOURCE = env("NOTIFICATION_SOURCE") or socket.gethostname()
 
 # --- auth -----------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from backups.api.serializers.status import StatusSerializer
 from backups.catalogue import selectors as catalogue_selectors
 from backups.catalogue import sync
 from backups.catalogue.models import BackupStatus
+from backups.config.selectors import config_current, schedule_in_words
 from backups.download_links import signed_download_url
 from backups.runs.selectors import last_run
 from backups.status import documents
@@ -32,12 +33,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         if row["status"] != BackupStatus.RUNNING:
             row["download_url"] = signed_download_url(row["id"], request.user)
     run = last_run()
+    document = config_current()
     # The page renders itself from this document, then keeps it current from the WebSocket and the API.
     initial = {
         "status": status,
         "backups": backups,
         "last_run": RunSerializer(run).data if run else None,
         "recent": RECENT_BACKUPS,
+        "schedule": schedule_in_words(document),
+        "retention": document["retention"],
     }
     context = {**admin.site.each_context(request), "title": "Live dashboard", "initial": initial}
     return render(request, "backups/dashboard.html", context)

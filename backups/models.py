@@ -2,7 +2,9 @@
 
 from backups.audit import AuditEvent
 from backups.catalogue.models import Backup, BackupStatus, BackupType
+from backups.checkpoints import Checkpoint
 from backups.config.models import BackupConfig
+from backups.notifications.models import Delivery, DeliveryStatus, Notification
 from backups.runs.models import ACTIVE_RUN_STATUSES, Duty, Run, RunStatus, RunType
 from backups.worker.lease import WorkerLease
 
@@ -13,7 +15,11 @@ __all__ = [
     "BackupConfig",
     "BackupStatus",
     "BackupType",
+    "Checkpoint",
+    "Delivery",
+    "DeliveryStatus",
     "Duty",
+    "Notification",
     "Run",
     "RunStatus",
     "RunType",

@@ -89,6 +89,28 @@ def test_dashboard_renders_for_a_superuser(admin_client: Client, backups_on_disk
 
 
 @pytest.mark.django_db
+def test_dashboard_says_the_schedule_in_words_with_the_server_time_zone_and_the_policy(
+    admin_client: Client, backup_root: Path, settings
+) -> None:
+    settings.TIME_ZONE = "Europe/Berlin"
+    from backups.audit import Actor
+    from backups.config.services import config_update
+
+    config_update(
+        document={"schedule": "30 2 * * 1-5", "retention": {"daily": 3}}, actor=Actor("t"), partial=True
+    )
+    html = admin_client.get(reverse("dashboard")).content.decode()
+    state = embedded_state(html)
+    assert state["schedule"] == {
+        "expression": "30 2 * * 1-5",
+        "description": "At 02:30, Monday through Friday",
+        "time_zone": "Europe/Berlin",
+    }
+    assert state["retention"]["daily"] == 3
+    assert 'id="retention-form"' in html and 'id="retention-preview"' in html
+
+
+@pytest.mark.django_db
 def test_dashboard_shows_the_error_of_a_failed_run(admin_client: Client, backup_root: Path) -> None:
     Run.objects.create(
         triggered_by="schedule",
@@ -161,7 +183,12 @@ def session_cookie(user: User) -> str:
 
 
 def communicator(cookie: str) -> WebsocketCommunicator:
-    headers = [(b"cookie", f"sessionid={cookie}".encode()), (b"origin", b"http://localhost")]
+    # What a browser on the dashboard sends: its cookie, the page's origin and the host it came to.
+    headers = [
+        (b"cookie", f"sessionid={cookie}".encode()),
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+    ]
     return WebsocketCommunicator(application, "/backup-ws", headers=headers)
 
 

@@ -42,6 +42,9 @@ BADGE_COLOURS = {
     "refused": "#e65100",
     "skipped": "#757575",
     "never": "#757575",
+    "delivered": "#2e7d32",
+    "pending": "#546e7a",
+    "retrying": "#e65100",
 }
 
 

@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from backups.api.views import backups, config, logs, runs, script, status
+from backups.api.views import backups, config, logs, notifications, retention, runs, script, status
 
 backup_list = backups.BackupViewSet.as_view({"get": "list"})
 backup_detail = backups.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
@@ -24,6 +24,16 @@ urlpatterns = [
     re_path(r"^logs/?$", logs.LogsView.as_view(), name="backup-logs"),
     re_path(r"^config/?$", config.ConfigView.as_view(), name="backup-config"),
     re_path(r"^test-script/?$", script.TestScriptView.as_view(), name="backup-test-script"),
+    re_path(
+        r"^notifications/deliveries/?$",
+        notifications.DeliveryListView.as_view(),
+        name="notification-deliveries",
+    ),
+    re_path(
+        r"^notifications/test/?$", notifications.NotificationTestView.as_view(), name="notification-test"
+    ),
+    re_path(r"^retention/preview/?$", retention.RetentionPreviewView.as_view(), name="retention-preview"),
+    re_path(r"^retention/apply/?$", retention.RetentionApplyView.as_view(), name="retention-apply"),
     re_path(r"^runs/?$", run_list, name="run-list"),
     re_path(r"^runs/(?P<pk>[^/]+)/?$", run_detail, name="run-detail"),
     re_path(r"^runs/(?P<pk>[^/]+)/cancel/?$", run_cancel, name="run-cancel"),

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from cron_descriptor import ExpressionDescriptor, FormatException, Options
 from cronsim import CronSim, CronSimError
 
 from backups.retention.policy import DEFAULT_RETENTION, REQUIRED_KEYS, RETENTION_CHECKS
@@ -113,7 +114,29 @@ def next_fire_time(expression: str, after: datetime) -> datetime:
     `after` must be aware; the expression is read in that datetime's time zone (the server's), so
     "0 3 * * *" means 03:00 local time, as cron itself does.
     """
-    return next(iter(CronSim(expression, after)))
+    # cronsim reads the wall time and ignores `fold`: from 02:10 of the second (CET) pass of the night
+    # DST ends it answers the 02:30 of the first (CEST) pass, which is already over. Skip such answers.
+    for candidate in CronSim(expression, after):
+        if candidate.timestamp() > after.timestamp():
+            return candidate
+    raise ValueError(f"{expression!r} never fires")  # CronSim raises first; kept for the type checker
+
+
+def describe_schedule(expression: str) -> str:
+    """ "At 03:00, every day" for `0 3 * * *`: the words the dashboard and the admin show beside the
+    expression (24-hour clock, as the server's cron reads it)."""
+    options = Options()
+    options.use_24hour_time_format = True
+    options.verbose = False
+    try:
+        words = ExpressionDescriptor(expression, options).get_description()
+    except (FormatException, ValueError, KeyError, IndexError):
+        return expression
+    fields = expression.split()
+    # cron-descriptor leaves "every day" out; people reading "At 03:00" wonder whether it is daily.
+    if len(fields) == 5 and fields[2:] == ["*", "*", "*"] and words.startswith("At ") and "," not in words:
+        words += ", every day"
+    return words
 
 
 # --- checks of single values ------------------------------------------------------------------------

@@ -7,19 +7,30 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from backups.runs.models import Duty
 
 logger = logging.getLogger(__name__)
 
-# After a successful backup run, in the order the worker does them.
-AFTER_SUCCESS: tuple[str, ...] = ("verify", "retention")
-# After any end (failed, cancelled, interrupted, ...).
-AFTER_FAILURE: tuple[str, ...] = ()
+NOTIFY = "notify"  # tell the channels how the run ended (`notifications.step`)
+NOTIFY_START = "notify_start"  # the monitor's `/start` ping, left where the run is claimed
+RETENTION = "retention"  # after a failure, it applies only with `retention.afterFailure`
+
+# After a successful backup run. Notifying comes first: a long verification must not hold it back.
+AFTER_SUCCESS: tuple[str, ...] = (NOTIFY, "verify", RETENTION)
+# After any other end (failed, cancelled, interrupted, ...).
+AFTER_FAILURE: tuple[str, ...] = (NOTIFY, RETENTION)
 
 
 def owed_after(succeeded: bool) -> tuple[str, ...]:
     return AFTER_SUCCESS if succeeded else AFTER_FAILURE
+
+
+def owed_at_start(document: dict[str, Any]) -> tuple[str, ...]:
+    """Only the monitor ping hears a start. Without one nothing is owed, and the database stays quiet in
+    the moment the script is spawned and its process group recorded."""
+    return (NOTIFY_START,) if document["notifications"]["healthcheckUrl"] else ()
 
 
 MAX_ATTEMPTS = 3

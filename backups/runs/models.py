@@ -67,6 +67,11 @@ class Run(models.Model):
     cancel_requested = models.BooleanField(default=False)
     pgid = models.IntegerField(null=True, blank=True)  # the script's process group, to end it after a crash
     worker = models.CharField(max_length=200, blank=True, default="")
+    # A scheduled run that failed is re-run `scheduleRetries.count` times; each retry points at the run
+    # it retries, so the count survives restarts.
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
     # The column the partial unique index below hangs on. Every run carries the same value, so the
     # database itself lets at most one run be queued or running, whatever the number of processes.
     lane = models.CharField(max_length=16, default="backup", editable=False)

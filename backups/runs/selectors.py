@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 
 from backups.errors import NotFound
 from backups.runs import progress
-from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunKind, RunStatus
 
 
 def current_run() -> Run | None:
@@ -21,7 +21,10 @@ def next_queued_run() -> Run | None:
 
 
 def last_successful_run() -> Run | None:
-    return Run.objects.filter(status=RunStatus.SUCCEEDED).order_by("-finished_at").first()
+    """The last backup run that succeeded (runs of the other kinds are not backups)."""
+    return (
+        Run.objects.filter(kind=RunKind.BACKUP, status=RunStatus.SUCCEEDED).order_by("-finished_at").first()
+    )
 
 
 def last_run() -> Run | None:

@@ -15,6 +15,7 @@ from backups.audit import SCHEDULE, Actor, audit, refuse
 from backups.catalogue import sync
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.services import backup_write_facts
+from backups.config.selectors import config_current
 from backups.errors import Conflict
 from backups.runs import duties
 from backups.runs.models import ACTIVE_RUN_STATUSES, Duty, Run, RunKind, RunStatus, RunType
@@ -38,21 +39,24 @@ __all__ = [
 ]
 
 
-def run_enqueue(*, actor: Actor, description: str = "", run_type: str = RunType.MANUAL) -> Run:
+def run_enqueue(
+    *, actor: Actor, description: str = "", run_type: str = RunType.MANUAL, retry_of: Run | None = None
+) -> Run:
     """Queue a backup run for the worker. The partial unique constraint on active runs makes the
     database, not this function, the judge of "only one at a time": a concurrent insert fails with
     IntegrityError. A backup never waits for an automatic job: one that is queued or running is
-    cancelled to make way (its capability tries it again later); any other run in the way is a 409."""
+    cancelled to make way (its capability tries it again later); any other run in the way is a 409.
+    `retry_of`: the failed scheduled run this one retries."""
     for attempt in range(2):
         try:
             with transaction.atomic():
-                run = Run.objects.create(type=run_type, description=description, triggered_by=actor.id)
-                audit(
-                    "run.create",
-                    actor=actor,
-                    target=str(run.id),
-                    details={"type": run_type, "description": description},
+                run = Run.objects.create(
+                    type=run_type, description=description, triggered_by=actor.id, retry_of=retry_of
                 )
+                details = {"type": run_type, "description": description}
+                if retry_of is not None:
+                    details["retry_of"] = str(retry_of.id)
+                audit("run.create", actor=actor, target=str(run.id), details=details)
             break
         except IntegrityError:
             if attempt == 0 and _make_way(actor):
@@ -228,11 +232,16 @@ def run_record_skipped(*, reason: str, run_type: str = RunType.SCHEDULED, actor:
 
 
 def run_claim(*, run: Run, worker: str) -> bool:
-    """Take a queued run: a conditional update, so two workers can never both win it."""
+    """Take a queued run: a conditional update, so two workers can never both win it. A backup's start
+    is owed to the monitor ping, so its duty is written in the same transaction."""
+    owed = duties.owed_at_start(config_current()) if run.kind == RunKind.BACKUP else ()
     now = timezone.now()
-    won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
-    )
+    with transaction.atomic():
+        won = Run.objects.filter(id=run.id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RUNNING, started_at=now, worker=worker, progress_stage="starting"
+        )
+        if won:
+            Duty.objects.bulk_create([Duty(run_id=run.id, name=name) for name in owed])
     if won:
         run.refresh_from_db()
     return won == 1
@@ -343,6 +352,8 @@ def run_request_cancel(*, run: Run, actor: Actor) -> Run:
             progress_stage="cancelled",
         ):
             run.refresh_from_db()
+            if run.kind == RunKind.BACKUP:
+                Duty.objects.create(run=run, name=duties.NOTIFY)  # a night without its backup is news
             audit("run.cancel", actor=actor, target=str(run.id), details={"was": "queued"})
             events.broadcast_on_commit(
                 events.BACKUP_ERROR, {"run_id": str(run.id), "error": run.error, "exit_code": None}

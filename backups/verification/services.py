@@ -8,15 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from backups import events
 from backups.audit import WORKER, Actor, audit
 from backups.catalogue.models import Backup, BackupStatus, VerificationStatus
 from backups.config.selectors import config_current
 from backups.errors import Conflict, NotFound
+from backups.notifications.services import notify_verification_failed
 from backups.runs.models import Run, RunKind, RunStatus
 from backups.runs.services import PREEMPTED, job_enqueue
 
@@ -167,10 +166,9 @@ def job_record(run: Run) -> None:
         },
     )
     if not ok:
-        problems = list(document.get("problems") or [])
-        first = problems[0] if problems else "see its verification"
-        events.notify("warning", f"Verification of {backup.id} failed: {first}")
-        transaction.on_commit(lambda: notify_verification_failed(backup.id, level, problems))
+        notify_verification_failed(
+            backup_id=backup.id, level=level, problems=list(document.get("problems") or [])
+        )
 
 
 def _record_no_verdict(run: Run, backup: Backup) -> None:
@@ -198,18 +196,9 @@ def _record_no_verdict(run: Run, backup: Backup) -> None:
             verification_due="",
             verified_at=timezone.now(),
         )
-        events.notify("error", f"Verification of {backup.id} could not run: {run.error[:200]}")
-
-
-def notify_verification_failed(backup_id: str, level: str, problems: list[str]) -> None:
-    """A failed verification told to the notification channels (when they are wired in)."""
-    try:
-        from backups.notifications import services as notifications
-    except ImportError:
-        return
-    notify = getattr(notifications, "notify_verification_failed", None)
-    if notify is not None:
-        notify(backup_id=backup_id, level=level, problems=problems)
+        notify_verification_failed(
+            backup_id=backup.id, level=run.params.get("level", "quick"), problems=[problem]
+        )
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -20,13 +20,12 @@ RENEW_SECONDS = 3.0
 
 
 class WorkerLease(models.Model):
-    """One row: who holds the right to run backups, and when the schedule was last looked at."""
+    """One row: who holds the right to run backups."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     holder = models.CharField(max_length=200, blank=True, default="")
     renewed_at = models.DateTimeField(default=timezone.now)
     acquired_at = models.DateTimeField(default=timezone.now)
-    last_schedule_check = models.DateTimeField(null=True, blank=True)
 
     LEASE_SECONDS = 20
 

@@ -1,9 +1,11 @@
 """The worker: a loop over small steps that each say whether they found work.
 
 It holds a lease row while it works (a second worker waits until the holder stops renewing), recovers
-runs a dead process left `running`, does the duties finished runs left (check the new backup, apply
-retention), claims queued runs with a conditional update and runs the script through `runner`, fires
-the schedule and keeps the catalogue in sync. No transaction is held while the script runs.
+runs a dead process left `running`, does the duties finished runs left (write the outbox of their
+notifications, check the new backup, apply retention), claims queued runs with a conditional update
+and runs the script through `runner`, fires the schedule and daily retention, and keeps the catalogue
+in sync. No transaction is held while the script runs. Notifications are delivered by a thread of
+their own (`notifier`), only while the lease is held.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from django.db import close_old_connections
 
 from backups import runner
 from backups.catalogue import removal, sync
-from backups.retention.step import apply_after_run
+from backups.notifications.services import deliveries_release_claims
+from backups.notifications.step import notify_after_runs
+from backups.retention.step import apply_after_run, apply_daily
 from backups.runs.models import Duty, Run, RunKind, RunStatus
 from backups.runs.outcome import RunEnd
 from backups.runs.selectors import next_queued_run
@@ -31,10 +35,13 @@ from backups.worker.execution import RunExecution
 from backups.worker.following import RunLost
 from backups.worker.jobs import JobExecution
 from backups.worker.lease import Lease, holder_name
+from backups.worker.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 
 SCHEDULE_CHECK_SECONDS = 5.0
+RETENTION_CHECK_SECONDS = 60.0
+NOTIFIER_STOP_SECONDS = 15.0
 
 
 class Worker:
@@ -45,9 +52,11 @@ class Worker:
         self.shutdown_deadline: float | None = None
         self.last_sync = 0.0
         self.last_schedule_check = 0.0
+        self.last_retention_check = 0.0
         self.current_run: Run | None = None
         self.started = time.monotonic()
         self.scratch_checked = False
+        self.notifier = Notifier(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -67,9 +76,11 @@ class Worker:
                     found = False
                 finally:
                     close_old_connections()
+                self.notifier.ensure_running()
                 if not found:
                     self.stopping.wait(settings.WORKER_POLL_SECONDS)
         finally:
+            self.notifier.stop(NOTIFIER_STOP_SECONDS)
             self.release_lease()
             logger.info("worker stopped", extra={"worker": self.id})
 
@@ -101,6 +112,7 @@ class Worker:
 
     def on_acquired(self) -> None:
         removal.purge_leftovers(Path(settings.BACKUP_ROOT))
+        deliveries_release_claims()
         self.recover_orphans()
         self.scratch_checked = False
         sync.sync_all()
@@ -213,6 +225,12 @@ class Worker:
         self.last_schedule_check = now_mono
         return schedule.tick()
 
+    def retention_daily(self) -> bool:
+        if time.monotonic() - self.last_retention_check < RETENTION_CHECK_SECONDS:
+            return False
+        self.last_retention_check = time.monotonic()
+        return apply_daily()
+
     def periodic_sync(self) -> bool:
         if time.monotonic() - self.last_sync < settings.CATALOGUE_SYNC_SECONDS:
             return False
@@ -276,7 +294,7 @@ def execution(worker: Worker, run: Run) -> RunExecution | JobExecution:
 
 
 # The duties a run's end leaves (`backups.runs.duties`), each done by its capability's step.
-DUTIES: tuple[Callable[[], bool], ...] = (verify_new_backups, apply_after_run)
+DUTIES: tuple[Callable[[], bool], ...] = (notify_after_runs, verify_new_backups, apply_after_run)
 
 # Capabilities that start automatic jobs when the lane is free (a backup request cancels them).
 AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification,)
@@ -294,5 +312,6 @@ STEPS: tuple[Callable[[Worker], bool], ...] = (
     Worker.run_next_queued,
     Worker.automatic_jobs,
     Worker.schedule_tick,
+    Worker.retention_daily,
     Worker.periodic_sync,
 )

@@ -28,6 +28,7 @@ CHANGELISTS = [
     "admin:backups_run_changelist",
     "admin:backups_backupconfig_changelist",
     "admin:backups_auditevent_changelist",
+    "admin:backups_delivery_changelist",
 ]
 
 
@@ -336,8 +337,18 @@ def config_form(**changes: object) -> dict[str, object]:
         "retention_daily": "7",
         "retention_weekly": "4",
         "retention_monthly": "12",
+        "retention_yearly": "0",
+        "retention_last": "0",
+        "retention_within": "24",
+        "retention_manual": "on",
+        "retries_count": "0",
+        "retries_delay": "10",
         "compression": "on",
         "webhook": "",
+        "email_recipients": "",
+        "urls": "",
+        "healthcheck_url": "",
+        "stale_after_hours": "26",
         "components": ["databases", "applicationFiles", "uploads", "configs", "nginx", "ssl", "systemInfo"],
     }
     form.update(changes)
@@ -468,3 +479,104 @@ def test_a_failed_verification_is_a_red_badge_with_its_problems(admin_client: Cl
     assert "verification failed" in listing
     page = admin_client.get(f"/admin/backups/backup/{OLD}/change/").content.decode()
     assert "db.sql: digest mismatch" in page
+
+
+TELEGRAM = "tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/-1001234567890"
+
+
+def test_the_config_form_edits_notifications_retention_and_retries_and_keeps_masked_urls(
+    admin_client: Client,
+) -> None:
+    response = admin_client.post(
+        config_url(),
+        config_form(
+            retention_yearly="3",
+            retention_within="48",
+            retention_manual=None,
+            retention_after_failure="on",
+            retries_count="2",
+            retries_delay="15",
+            notify_email="on",
+            email_recipients="ops@example.com\n\n  oncall@example.com  ",
+            urls=TELEGRAM + "\njson://hooks.example.com/backup",
+            healthcheck_url="https://hc-ping.com/5d1c",
+            stale_after_hours="30",
+            on_success="on",
+        ),
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    document = BackupConfig.load().document
+    assert document["retention"] == {
+        "daily": 7,
+        "weekly": 4,
+        "monthly": 12,
+        "yearly": 3,
+        "last": 0,
+        "keepWithinHours": 48,
+        "keepManual": False,
+        "afterFailure": True,
+        "pruneIncomplete": False,
+    }
+    assert document["scheduleRetries"] == {"count": 2, "delayMinutes": 15}
+    assert document["notifications"] == {
+        "email": True,
+        "webhook": "",
+        "emailRecipients": ["ops@example.com", "oncall@example.com"],
+        "urls": [TELEGRAM, "json://hooks.example.com/backup"],
+        "healthcheckUrl": "https://hc-ping.com/5d1c",
+        "staleAfterHours": 30,
+        "onSuccess": True,
+    }
+
+    page = admin_client.get(config_url()).content.decode()
+    assert "AAHdq" not in page and "tgram://****/…#" in page
+    assert "At 03:00, every day (server time zone: UTC)" in page
+    assert 'id="retention-preview"' in page
+    masked = re.search(r"(tgram://\*\*\*\*/…#[0-9a-f]{4})", page).group(1)
+    # Saved again as shown (the masked line left as it is): the stored URL is kept.
+    response = admin_client.post(
+        config_url(),
+        config_form(notify_email="on", email_recipients="ops@example.com", urls=masked + "\n"),
+    )
+    assert response.status_code == 302
+    assert BackupConfig.load().document["notifications"]["urls"] == [TELEGRAM]
+    audit = AuditEvent.objects.filter(action="config.update").latest("id")
+    assert "AAHdq" not in str(audit.details)
+
+
+def test_a_masked_url_that_matches_nothing_is_a_form_error(admin_client: Client) -> None:
+    response = admin_client.post(config_url(), config_form(urls="tgram://****/…#0000"))
+    assert response.status_code == 200
+    assert any("matches no stored URL" in e for e in response.context["adminform"].form.errors["urls"])
+
+
+def test_deliveries_are_listed_read_only_with_their_attempts(admin_client: Client, backup_root: Path) -> None:
+    from django.utils import timezone
+
+    from backups.models import Delivery, Notification
+    from backups.notifications.messages import channel_test, new_message_id
+
+    message = channel_test(message_id=new_message_id(), timestamp=timezone.now())
+    notification = Notification.from_message(message)
+    notification.save()
+    delivery = Delivery.objects.create(
+        notification=notification,
+        channel="webhook",
+        target="https://hooks.example.com/…#ab12",
+        status="retrying",
+        attempts=3,
+        last_status_code=503,
+        last_error="HTTP 503: upstream down",
+        latency_ms=41,
+    )
+    page = admin_client.get(reverse("admin:backups_delivery_changelist"))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "HTTP 503: upstream down" in html and "41 ms" in html and "retrying" in html
+    detail = admin_client.get(reverse("admin:backups_delivery_change", args=[delivery.pk]))
+    assert (
+        detail.status_code == 200
+        and "notifications of the backup service reach you" in detail.content.decode()
+    )
+    assert admin_client.get(reverse("admin:backups_delivery_add")).status_code == 403
+    assert admin_client.post(reverse("admin:backups_delivery_delete", args=[delivery.pk])).status_code == 403

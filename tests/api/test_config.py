@@ -114,3 +114,42 @@ def test_status_reflects_schedule_and_enabled(api, backup_root):
     assert status["next_scheduled_at"] and "04:15:00" in status["next_scheduled_at"]
     api.patch(URL, {"enabled": False}, format="json")
     assert api.get("/api/backup/status").json()["next_scheduled_at"] is None
+
+
+TELEGRAM = "tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/-1001234567890"
+NTFY = "ntfys://ntfy.example.com/backups-4f1d9a?token=tk_secretsecret"
+
+
+def test_apprise_urls_are_answered_masked_and_a_round_trip_keeps_the_secrets(api, backup_root):
+    response = api.patch(URL, {"notifications": {"urls": [TELEGRAM, NTFY]}}, format="json")
+    assert response.status_code == 200
+    shown = response.json()["notifications"]["urls"]
+    assert shown[0].startswith("tgram://****/…#") and shown[1].startswith("ntfys://ntfy.example.com/…#")
+    document = api.get(URL).json()
+    assert document["notifications"]["urls"] == shown
+    assert "AAHdq" not in str(document) and "tk_secret" not in str(document)
+
+    # A client edits the document it was given (drops one URL, adds one) and PUTs it back.
+    document["notifications"]["urls"] = [shown[1], "json://hooks.example.com/backup"]
+    document["schedule"] = "15 4 * * *"
+    assert api.put(URL, document, format="json").status_code == 200
+    from backups.config.selectors import config_current
+
+    assert config_current()["notifications"]["urls"] == [NTFY, "json://hooks.example.com/backup"]
+
+
+def test_a_masked_url_that_matches_nothing_stored_is_refused(api, backup_root):
+    api.patch(URL, {"notifications": {"urls": [TELEGRAM]}}, format="json")
+    response = api.patch(URL, {"notifications": {"urls": ["tgram://****/…#0000"]}}, format="json")
+    assert response.status_code == 400
+    assert "matches no stored URL" in response.json()["notifications"]["urls"][0]
+
+
+def test_audit_diffs_show_the_urls_masked(api, backup_root):
+    api.patch(URL, {"notifications": {"urls": [TELEGRAM]}}, format="json")
+    audit = AuditEvent.objects.filter(action="config.update").latest("id")
+    before, after = audit.details["changes"]["notifications.urls"]
+    assert before == [] and after[0].startswith("tgram://****/…#")
+    assert "AAHdq" not in str(audit.details)
+    logs = api.get("/api/backup/logs?source=audit").content.decode()
+    assert "AAHdq" not in logs

@@ -46,6 +46,10 @@ OPERATIONS = [
     ("POST", "/api/backup/create"),
     ("PATCH", "/api/backup/config"),
     ("PUT", "/api/backup/config"),
+    ("GET", "/api/backup/retention/preview"),
+    ("POST", "/api/backup/retention/preview"),
+    ("GET", "/api/backup/notifications/deliveries"),
+    ("POST", "/api/backup/notifications/test"),
 ]
 
 VALID_CONFIG = {**default_document(), "enabled": False}  # the schedule must not start runs meanwhile
@@ -59,6 +63,7 @@ EXPLICIT: dict[tuple[str, str], list[tuple[dict, dict, Any]]] = {
     ("PUT", "/api/backup/config"): [({}, {}, VALID_CONFIG)],
     ("PATCH", "/api/backup/config"): [({}, {}, {"retention": {"daily": 0, "weekly": 0, "monthly": 0}})],
     ("GET", "/api/backup/logs"): [({}, {"source": one}, None) for one in ("script", "service", "audit")],
+    ("POST", "/api/backup/retention/preview"): [({}, {}, {"retention": {"daily": 1, "keepWithinHours": 0}})],
 }
 
 _document: dict[str, Any] = {}

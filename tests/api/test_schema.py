@@ -24,6 +24,10 @@ CONTRACT: dict[str, set[str]] = {
     "/api/backup/runs/<run id>": {"get"},
     "/api/backup/runs/<run id>/cancel": {"post"},
     "/api/backup/<id>/verify": {"post"},
+    "/api/backup/notifications/deliveries": {"get"},
+    "/api/backup/notifications/test": {"post"},
+    "/api/backup/retention/preview": {"get", "post"},
+    "/api/backup/retention/apply": {"post"},
     "/api/schema/": {"get"},
     "/api/docs/": {"get"},
 }

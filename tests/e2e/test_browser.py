@@ -173,3 +173,70 @@ def test_back_up_from_the_dashboard_then_delete_from_the_admin(
         entry["message"] for entry in browser.get_log("browser") if "favicon.ico" not in entry["message"]
     ]
     assert errors == []
+
+
+def test_the_dashboard_and_the_admin_preview_a_retention_policy_before_it_is_saved(
+    start_server, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    root = tmp_path / "backups"
+    root.mkdir(exist_ok=True)
+    names = []
+    for days_ago in range(1, 6):
+        moment = time.time() - days_ago * 86400
+        names.append(time.strftime("backup-%Y%m%d_030000", time.localtime(moment)))
+        make_backup(root, names[-1], mtime=moment)
+    server = start_server()
+    created = manage(
+        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        USERNAME,
+        "--email",
+        "root@example.org",
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
+    browser.find_element(By.NAME, "username").send_keys(USERNAME)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(
+        EC.text_to_be_present_in_element((By.ID, "retention-preview"), "The saved policy deletes no backup")
+    )
+    assert "At 03:00, every day" in browser.find_element(By.ID, "next-run-sub").text
+
+    for name, value in (("daily", "2"), ("weekly", "0"), ("monthly", "0"), ("keepWithinHours", "0")):
+        field = browser.find_element(By.CSS_SELECTOR, f"#retention-form input[name={name}]")
+        field.clear()
+        field.send_keys(value)
+    wait.until(
+        EC.text_to_be_present_in_element((By.ID, "retention-preview"), "Saving this deletes 3 backups")
+    )
+    preview = browser.find_element(By.ID, "retention-preview").text
+    assert all(name in preview for name in names[2:]) and names[0] not in preview
+    doomed = browser.find_element(By.CSS_SELECTOR, f"tr[data-backup-id='{names[4]}'] .bd-why").text
+    assert doomed == "deleted by this policy: beyond daily 2"
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("backup-")) == sorted(names)
+
+    browser.get(f"{server.base}/admin/backups/backupconfig/")
+    wait.until(
+        EC.text_to_be_present_in_element((By.ID, "retention-preview"), "Saving this deletes no backup")
+    )
+    for name, value in (
+        ("retention_daily", "1"),
+        ("retention_weekly", "0"),
+        ("retention_monthly", "0"),
+        ("retention_within", "0"),
+    ):
+        field = browser.find_element(By.NAME, name)
+        field.clear()
+        field.send_keys(value)
+    wait.until(
+        EC.text_to_be_present_in_element((By.ID, "retention-preview"), "Saving this deletes 4 backups")
+    )
+    assert "beyond daily 1" in browser.find_element(By.ID, "retention-preview").text
+    errors = [
+        entry["message"] for entry in browser.get_log("browser") if "favicon.ico" not in entry["message"]
+    ]
+    assert errors == []

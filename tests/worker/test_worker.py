@@ -19,7 +19,7 @@ from backups.audit import Actor
 from backups.catalogue import paths, sidecar, sync
 from backups.catalogue.services import backup_delete, backup_set_pinned
 from backups.config.services import config_update
-from backups.models import Backup, BackupStatus, Run, RunStatus, RunType, WorkerLease
+from backups.models import Backup, BackupStatus, Run, RunStatus, WorkerLease
 from backups.runs.services import RunEnd, run_enqueue, run_finish, run_request_cancel
 from backups.worker import execution
 from backups.worker.loop import Worker
@@ -262,29 +262,6 @@ def test_lease_of_a_killed_local_process_is_taken_at_once(backup_root):
         id=1, defaults={"holder": f"serve@{socket.gethostname()}:{dead.pid}:x", "renewed_at": timezone.now()}
     )
     assert Worker(label="new").hold_lease()
-
-
-def test_schedule_fires_once_and_records_skipped_when_busy(worker, settings):
-    config_update(document={"schedule": "* * * * *"}, actor=Actor("t"), partial=True)
-    WorkerLease.objects.filter(id=1).update(last_schedule_check=timezone.now() - timedelta(minutes=5))
-    Run.objects.create(triggered_by="x", status=RunStatus.RUNNING)
-    worker.schedule_tick(force=True)
-    skipped = Run.objects.get(status=RunStatus.SKIPPED)
-    assert skipped.type == RunType.SCHEDULED and "another backup" in skipped.error
-    Run.objects.filter(status=RunStatus.RUNNING).update(status=RunStatus.SUCCEEDED)
-    WorkerLease.objects.filter(id=1).update(last_schedule_check=timezone.now() - timedelta(minutes=5))
-    worker.schedule_tick(force=True)
-    queued = Run.objects.get(status=RunStatus.QUEUED)
-    assert queued.type == RunType.SCHEDULED and queued.triggered_by == "schedule"
-    worker.schedule_tick(force=True)
-    assert Run.objects.filter(type=RunType.SCHEDULED).count() == 2
-
-
-def test_disabled_schedule_never_fires(worker):
-    config_update(document={"schedule": "* * * * *", "enabled": False}, actor=Actor("t"), partial=True)
-    WorkerLease.objects.filter(id=1).update(last_schedule_check=timezone.now() - timedelta(minutes=5))
-    worker.schedule_tick(force=True)
-    assert not Run.objects.exists()
 
 
 def test_retention_after_a_successful_run_keeps_pinned_and_latest(worker, backup_root):

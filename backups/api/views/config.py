@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from backups.api.serializers.config import ConfigDocumentSerializer
 from backups.audit import Actor
-from backups.config.selectors import config_current
+from backups.config.selectors import config_public
 from backups.config.services import config_update
 from backups.config.warnings import config_warnings
 
@@ -20,7 +20,7 @@ PatchedConfigDocument = ConfigDocumentSerializer(partial=True)
 class ConfigView(APIView):
     @extend_schema(responses=ConfigDocumentSerializer)
     def get(self, request: Request) -> Response:
-        return Response(config_current())
+        return Response(config_public())
 
     @extend_schema(request=ConfigDocumentSerializer, responses=ConfigDocumentSerializer)
     def put(self, request: Request) -> Response:
@@ -37,4 +37,5 @@ class ConfigView(APIView):
             body = {key: value for key, value in body.items() if key != "warnings"}
         document = config_update(document=body, actor=Actor.from_request(request), partial=partial)
         warnings = config_warnings(document)
-        return Response({**document, "warnings": warnings} if warnings else document)
+        public = config_public(document)
+        return Response({**public, "warnings": warnings} if warnings else public)

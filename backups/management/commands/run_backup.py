@@ -57,12 +57,22 @@ class Command(BaseCommand):
         if worker.hold_lease() and run_claim(run=run, worker=worker.id):
             import threading
 
+            from backups.notifications.step import deliver_due
+
             watcher = threading.Thread(target=self.follow, args=(run.id,), daemon=True)
             watcher.start()
+            worker.notifier.ensure_running()  # the monitor's /start ping goes out beside the run
             try:
                 worker.execute(run)
-                worker.do_duties()  # what the loop would do next: check the backup, apply retention
+                worker.do_duties()  # what the loop would do next: notify, check the backup, apply retention
+                worker.stopping.set()
+                worker.notifier.stop(15)
+                # One attempt at each notification before exiting (cron may have no worker running); what
+                # needs a retry is left for the next worker.
+                while deliver_due():
+                    pass
             finally:
+                worker.stopping.set()
                 worker.release_lease()
             watcher.join(2)
         else:
