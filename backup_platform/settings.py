@@ -266,6 +266,41 @@ RESTORE_TEST_DATABASE_URL = env("RESTORE_TEST_DATABASE_URL")
 ALLOW_DEMO_DUMPS = envbool("ALLOW_DEMO_DUMPS", False)
 # Nothing automatic (verification, off-site copy) starts in the first minutes after start-up.
 AUTOMATIC_JOBS_DELAY_SECONDS = envint("AUTOMATIC_JOBS_DELAY_SECONDS", 180, minimum=0)
+# Off-site copies (the config document's `offsite` section says where): the store's credentials, and
+# the age identity that reads a copy back (downloads and restores of a backup whose folder is gone,
+# rebuilding the catalogue). The identity is optional: without it a remote-only backup downloads as its
+# encrypted objects with a README. It must be readable by the service only (like ssh's private keys).
+OFFSITE_ACCESS_KEY_ID = env("OFFSITE_ACCESS_KEY_ID")
+OFFSITE_SECRET_ACCESS_KEY = env("OFFSITE_SECRET_ACCESS_KEY")
+OFFSITE_IDENTITY_FILE = env("OFFSITE_IDENTITY_FILE")
+
+
+def check_private_file(name: str, raw: str) -> Path | None:
+    """A file only its owner may read (a key): anything else stops start-up, naming the variable."""
+    if not raw:
+        return None
+    path = Path(raw) if Path(raw).is_absolute() else BASE_DIR / raw
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise ImproperlyConfigured(f"{name} cannot be read: {error.strerror}") from None
+    if not path.is_file():
+        raise ImproperlyConfigured(f"{name} must name a regular file")
+    if info.st_mode & 0o077:
+        raise ImproperlyConfigured(f"{name} must be readable by the service only (chmod 600)")
+    return path
+
+
+OFFSITE_IDENTITY_PATH = check_private_file("OFFSITE_IDENTITY_FILE", OFFSITE_IDENTITY_FILE)
+# Bytes per second an upload may read (0: as fast as the store takes them), so a nightly copy leaves
+# the server's uplink to the platform.
+OFFSITE_UPLOAD_BYTES_PER_SECOND = envint("OFFSITE_UPLOAD_BYTES_PER_SECOND", 0, minimum=0)
+# The garbage collection leaves unreferenced objects younger than this alone: an upload elsewhere (a
+# second service writing to the same prefix) may be about to name them.
+OFFSITE_GC_GRACE_SECONDS = envint("OFFSITE_GC_GRACE_SECONDS", 6 * 3600, minimum=0)
+# An automatic upload that failed for a passing reason (network, a store error) is tried again after
+# this long, up to three times; a store that refuses (credentials, policy) is not retried.
+OFFSITE_RETRY_SECONDS = envint("OFFSITE_RETRY_SECONDS", 900, minimum=0)
 # Minimum free space in the backup root for test-script to call it ok.
 MIN_FREE_BYTES = envint("MIN_FREE_BYTES", 1 << 30, minimum=0)
 DOWNLOAD_ACCEL_PREFIX = env("DOWNLOAD_ACCEL_PREFIX")
@@ -381,6 +416,7 @@ SPECTACULAR_SETTINGS = {
         "RunTypeEnum": "backups.runs.models.RunType",
         "RunKindEnum": "backups.runs.models.RunKind",
         "VerificationStatusEnum": "backups.catalogue.models.VerificationStatus",
+        "OffsiteStatusEnum": "backups.catalogue.models.OffsiteStatus",
     },
 }
 

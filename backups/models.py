@@ -5,6 +5,7 @@ from backups.catalogue.models import Backup, BackupStatus, BackupType
 from backups.checkpoints import Checkpoint
 from backups.config.models import BackupConfig
 from backups.notifications.models import Delivery, DeliveryStatus, Notification
+from backups.offsite.models import RemoteDeletion
 from backups.runs.models import ACTIVE_RUN_STATUSES, Duty, Run, RunStatus, RunType
 from backups.worker.lease import WorkerLease
 
@@ -20,6 +21,7 @@ __all__ = [
     "DeliveryStatus",
     "Duty",
     "Notification",
+    "RemoteDeletion",
     "Run",
     "RunStatus",
     "RunType",

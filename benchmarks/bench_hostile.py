@@ -225,7 +225,15 @@ def curl_rate(port: int, path: str, token: str, size: int) -> float:
     assert CURL is not None
     started = time.perf_counter()
     subprocess.run(
-        [CURL, "-sf", "-o", "/dev/null", "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}{path}"],
+        [
+            CURL,
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            f"Authorization: Bearer {token}",
+            f"http://127.0.0.1:{port}{path}",
+        ],
         check=True,
         timeout=300,
     )
@@ -245,9 +253,24 @@ def throughput(report: Report, tmp: Path, env: dict[str, str], token: str, round
     server.start()
     port = free_port()
     plain = subprocess.Popen(
-        [PYTHON, "-m", "uvicorn", "backup_platform.asgi:application", "--http", "httptools",
-         "--port", str(port), "--lifespan", "off", "--no-access-log"],
-        cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "backup_platform.asgi:application",
+            "--http",
+            "httptools",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
+            "--no-access-log",
+        ],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     rates: dict[str, list[float]] = {"h11": [], "httptools": []}
     try:

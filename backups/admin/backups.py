@@ -24,6 +24,7 @@ from backups.catalogue.models import Backup
 from backups.catalogue.services import backup_delete, backup_set_pinned, deletion_refusal
 from backups.download_links import signed_download_url
 from backups.errors import ServiceError
+from backups.offsite.services import configuration_problems, offsite_mark_owed, offsite_request
 from backups.runs.selectors import current_run
 from backups.verification.services import verification_request
 
@@ -53,12 +54,21 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         "type",
         "started_by",
         "flags",
+        "offsite_badge",
     )
-    list_filter = ("status", "type", "pinned", "is_latest", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        "type",
+        "pinned",
+        "is_latest",
+        "local",
+        "offsite_status",
+        ("created_at", admin.DateFieldListFilter),
+    )
     search_fields = ("id", "description", "triggered_by")
     date_hierarchy = "created_at"
     list_per_page = 50
-    actions = ("delete_backups", "pin_backups", "unpin_backups")
+    actions = ("delete_backups", "pin_backups", "unpin_backups", "copy_offsite")
     fieldsets = (
         (
             None,
@@ -66,7 +76,19 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         ),
         ("Contents", {"fields": ("size", "file_count", "files_table")}),
         ("Verification", {"fields": ("verification_summary",)}),
-        ("Flags", {"fields": ("is_latest", "pinned", "verified", "synced_at")}),
+        ("Flags", {"fields": ("is_latest", "pinned", "verified", "local", "synced_at")}),
+        (
+            "Off-site copy",
+            {
+                "fields": (
+                    "offsite_badge",
+                    "offsite_copied_at",
+                    "offsite_size",
+                    "offsite_sent",
+                    "offsite_error",
+                )
+            },
+        ),
     )
     readonly_fields = (
         "id",
@@ -83,7 +105,13 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         "is_latest",
         "pinned",
         "verified",
+        "local",
         "synced_at",
+        "offsite_badge",
+        "offsite_copied_at",
+        "offsite_size",
+        "offsite_sent",
+        "offsite_error",
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Backup]:
@@ -111,6 +139,60 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             context["verify_url"] = reverse("admin:backups_backup_verify", args=[quote(backup.id)])
         return super().change_view(request, object_id, form_url, context)
 
+    def get_urls(self) -> list[URLPattern]:
+        # Before the defaults: their `<path:object_id>/` would swallow these.
+        return [
+            path(
+                "<path:object_id>/verify/",
+                self.admin_site.admin_view(self.verify_view),
+                name="backups_backup_verify",
+            ),
+            path(
+                "<path:object_id>/offsite/",
+                self.admin_site.admin_view(self.offsite_view),
+                name="backups_backup_offsite",
+            ),
+            *super().get_urls(),
+        ]
+
+    def offsite_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """ "Copy off-site now": the same service as `POST /api/backup/<id>/offsite`."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        backup_id = unquote(object_id)
+        change_url = reverse("admin:backups_backup_change", args=[quote(backup_id)])
+        if request.method == "POST":
+            try:
+                run = offsite_request(backup_id=backup_id, actor=Actor.from_request(request))
+            except ServiceError as error:
+                self.message_user(request, error.message, messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    format_html(
+                        'Off-site copy queued (run <a href="{}">{}</a>); follow it on the '
+                        '<a href="{}">live dashboard</a>.',
+                        reverse("admin:backups_run_change", args=[run.id]),
+                        str(run.id)[:8],
+                        reverse("dashboard"),
+                    ),
+                    messages.SUCCESS,
+                )
+            return HttpResponseRedirect(change_url)
+        return TemplateResponse(
+            request,
+            "admin/backups/confirm.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": f"Copy {backup_id} off site now?",
+                "submit_label": "Copy off-site now",
+                "question": "The backup is uploaded to the off-site store in the background (files the "
+                "store already holds are not sent again). A backup requested meanwhile waits for it.",
+                "active_run": current_run(),
+            },
+        )
+
     def get_list_display(self, request: HttpRequest) -> tuple[Any, ...]:
         # The signed link names the user who will follow it, so the column needs the request.
         @admin.display(description="Download")
@@ -122,17 +204,6 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             )
 
         return (*self.list_display, download)
-
-    def get_urls(self) -> list[URLPattern]:
-        # Before the defaults: their `<path:object_id>/` would swallow this.
-        return [
-            path(
-                "<path:object_id>/verify/",
-                self.admin_site.admin_view(self.verify_view),
-                name="backups_backup_verify",
-            ),
-            *super().get_urls(),
-        ]
 
     def verify_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The same service as `POST /api/backup/<id>/verify`: a verify run in the one-at-a-time lane."""
@@ -232,6 +303,28 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             flags = format_html("{} {}", flags, badge("verification failed", colour="failed"))
         return flags or "—"
 
+    @admin.display(description="Off-site", ordering="offsite_status")
+    def offsite_badge(self, backup: Backup) -> SafeString:
+        if backup.local:
+            return badge(backup.offsite_status)
+        return format_html("{} {}", badge(backup.offsite_status), format_html(FLAG_HTML, "only off site"))
+
+    @admin.display(description="Copied at")
+    def offsite_copied_at(self, backup: Backup) -> str:
+        return str(backup.offsite_at) if backup.offsite_at else "—"
+
+    @admin.display(description="Copy holds")
+    def offsite_size(self, backup: Backup) -> str:
+        return filesizeformat(backup.offsite_bytes) if backup.offsite_status == "ok" else "—"
+
+    @admin.display(description="Last upload sent")
+    def offsite_sent(self, backup: Backup) -> str:
+        return filesizeformat(backup.offsite_uploaded_bytes) if backup.offsite_at else "—"
+
+    @admin.display(description="Last error")
+    def offsite_error(self, backup: Backup) -> str:
+        return (backup.offsite or {}).get("error") or "—"
+
     @admin.display(description="Run")
     def run_link(self, backup: Backup) -> str:
         if not backup.run_id:
@@ -298,6 +391,20 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
                 request, f"Deleted {len(deleted)} backup(s): {', '.join(deleted)}.", messages.SUCCESS
             )
         return None
+
+    @admin.action(description="Copy selected backups off site (one after the other, when the lane is free)")
+    def copy_offsite(self, request: HttpRequest, queryset: QuerySet[Backup]) -> None:
+        problems = configuration_problems()
+        if problems:
+            self.message_user(request, "Off-site copies are not ready: " + " ".join(problems), messages.ERROR)
+            return
+        ids = list(queryset.values_list("id", flat=True))
+        count = offsite_mark_owed(backup_ids=ids, actor=Actor.from_request(request))
+        skipped = len(ids) - count
+        note = (
+            f" ({skipped} skipped: running, incomplete, only off site or being uploaded)" if skipped else ""
+        )
+        self.message_user(request, f"{count} backup(s) owed an off-site copy{note}.", messages.SUCCESS)
 
     @admin.action(description="Pin selected backups (retention and delete keep them)")
     def pin_backups(self, request: HttpRequest, queryset: QuerySet[Backup]) -> None:

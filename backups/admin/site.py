@@ -45,6 +45,7 @@ BADGE_COLOURS = {
     "delivered": "#2e7d32",
     "pending": "#546e7a",
     "retrying": "#e65100",
+    "uploading": "#1565c0",
 }
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -97,14 +97,21 @@ class BlockingSource:
                 logger.warning("could not release a download's file", exc_info=True)
 
 
+#: The failures of a read that end a transfer already under way (anything else is a bug, and raises).
+READ_FAILURES: tuple[type[Exception], ...] = (CatalogueError, OSError)
+
+
 async def stream(
-    source: BlockingSource, what: str, on_abort: Callable[[], None] | None = None
+    source: BlockingSource,
+    what: str,
+    on_abort: Callable[[], None] | None = None,
+    failures: tuple[type[Exception], ...] = READ_FAILURES,
 ) -> AsyncIterator[bytes]:
     try:
         while True:
             try:
                 chunk = await asyncio.to_thread(source.read)
-            except (CatalogueError, OSError) as error:
+            except failures as error:
                 # Headers (and a Content-Length) are out: the only honest signal left is a broken
                 # transfer. The ASGI guard in front of Django lets the server drop the connection.
                 logger.warning("download of %s aborted: %s", what, error)
@@ -120,9 +127,14 @@ async def stream(
         source.close()
 
 
-def _streaming_response(source: BlockingSource, what: str, **kwargs: Any) -> StreamingHttpResponse:
+def streaming_response(
+    source: BlockingSource,
+    what: str,
+    failures: tuple[type[Exception], ...] = READ_FAILURES,
+    **kwargs: Any,
+) -> StreamingHttpResponse:
     closers: list[Callable[[], None]] = []
-    response = StreamingHttpResponse(stream(source, what, lambda: closers[0]()), **kwargs)
+    response = StreamingHttpResponse(stream(source, what, lambda: closers[0](), failures), **kwargs)
     closers.append(response.close)
     # Also released when the response is closed without ever being streamed (an error after the view).
     response._resource_closers.append(source.close)
@@ -133,14 +145,22 @@ def _audit_download(request: Request, backup: Backup, details: dict[str, Any]) -
     backup_record_download(backup_id=backup.id, actor=Actor.from_request(request), details=details)
 
 
+def generator_source(chunks: Iterator[bytes], release: Callable[[], None] | None = None) -> BlockingSource:
+    """A generator of chunks as a source; closing it runs the generator's `finally` (which closes
+    what it opened), then `release`."""
+
+    def release_all() -> None:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        if release is not None:
+            release()
+
+    return BlockingSource(lambda: next(chunks, None), release_all)
+
+
 def tar_source(plan: TarPlan, chunk_size: int = CHUNK) -> BlockingSource:
-    chunks = iter_tar_chunks(plan, chunk_size)
-
-    def release() -> None:
-        chunks.close()  # runs the generator's finally: closes the open file and the folder
-        plan.close()
-
-    return BlockingSource(lambda: next(chunks, None), release)
+    return generator_source(iter_tar_chunks(plan, chunk_size), plan.close)
 
 
 def download_tar(request: Request, backup: Backup) -> HttpResponse:
@@ -154,7 +174,7 @@ def download_tar(request: Request, backup: Backup) -> HttpResponse:
     except BaseException:
         plan.close()
         raise
-    response = _streaming_response(tar_source(plan), backup.id, content_type="application/x-tar")
+    response = streaming_response(tar_source(plan), backup.id, content_type="application/x-tar")
     response["Content-Length"] = str(plan.content_length)
     response["Content-Disposition"] = f'attachment; filename="{backup.id}.tar"'
     response["Cache-Control"] = "no-store"
@@ -275,7 +295,7 @@ def _file_response(request: Request, backup: Backup, rel_path: str, member: Memb
             f"{settings.DOWNLOAD_ACCEL_PREFIX.rstrip('/')}/{quote(backup.id)}/{quote(rel_path)}"
         )
     else:
-        response = _streaming_response(
+        response = streaming_response(
             range_source(member, start, length),
             f"{backup.id}/{rel_path}",
             status=code,

@@ -26,6 +26,14 @@ class VerificationStatus(models.TextChoices):
     RUNNING = "running"
 
 
+class OffsiteStatus(models.TextChoices):
+    NONE = "none"  # no copy owed or made
+    PENDING = "pending"  # owed: the off-site step uploads it when the lane is free
+    UPLOADING = "uploading"
+    OK = "ok"  # a complete copy is in the store
+    FAILED = "failed"
+
+
 class Backup(models.Model):
     """One folder directly inside BACKUP_ROOT. Disk is the truth; this row is its catalogue entry."""
 
@@ -50,6 +58,20 @@ class Backup(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True, db_index=True)
     verification = models.JSONField(default=dict, blank=True)  # {"problems": [...], "databases": [...]}
     verification_due = models.CharField(max_length=8, blank=True, default="", db_index=True)
+    # False once the folder is gone from the root while a complete off-site copy is kept: the row stays
+    # (it is downloaded and restored from the store) instead of vanishing with the folder.
+    local = models.BooleanField(default=True, db_index=True)
+    # The off-site copy: its state (pending is the durable "owed" the off-site step picks up), when it
+    # completed, the plaintext bytes it holds, what its last upload sent, when a passing failure is
+    # retried, and the details of the last attempt (error, manifest key, skipped and resumed bytes, ...).
+    offsite_status = models.CharField(
+        max_length=16, choices=OffsiteStatus.choices, default=OffsiteStatus.NONE, db_index=True
+    )
+    offsite_at = models.DateTimeField(null=True, blank=True)
+    offsite_bytes = models.BigIntegerField(default=0)
+    offsite_uploaded_bytes = models.BigIntegerField(default=0)
+    offsite_retry_at = models.DateTimeField(null=True, blank=True)
+    offsite = models.JSONField(default=dict, blank=True)
     run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Change signature of the folder at its last scan: equal signature -> no re-walk needed.
     signature = models.CharField(max_length=4000, blank=True, default="")

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet, Sum
 
 from backups.catalogue.models import Backup, BackupStatus
-from backups.catalogue.paths import LATEST_LINK, BackupNotFound, check_backup
+from backups.catalogue.paths import LATEST_LINK, BackupNotFound, check_backup, is_valid_id
 from backups.errors import NotFound
 
 ORDERINGS = ("created_at", "-created_at", "size_bytes", "-size_bytes")
@@ -24,17 +24,20 @@ def latest_backup() -> Backup | None:
 
 
 def get_backup(backup_id: str) -> Backup:
-    """A catalogued backup by id or `latest`, only if its folder is safely inside the root."""
+    """A catalogued backup by id or `latest`, only if its folder is safely inside the root (or, for a
+    backup whose folder is gone, if the catalogue keeps it for its off-site copy)."""
     if backup_id == LATEST_LINK:
         backup = latest_backup()
         if backup is None:
             raise NotFound("No completed backup yet.")
         return backup
+    backup = Backup.objects.filter(id=backup_id).first() if is_valid_id(backup_id) else None
+    if backup is not None and not backup.local:
+        return backup  # its folder is gone; its off-site copy is what is left
     try:
         check_backup(Path(settings.BACKUP_ROOT), backup_id)
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
-    backup = Backup.objects.filter(id=backup_id).first()
     if backup is None:
         raise NotFound("Backup not found.")
     return backup

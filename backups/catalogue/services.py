@@ -13,9 +13,10 @@ from django.db import transaction
 from backups import events
 from backups.audit import Actor, audit, refuse
 from backups.catalogue import latest, removal, sidecar
-from backups.catalogue.models import Backup, BackupStatus
+from backups.catalogue.models import Backup, BackupStatus, OffsiteStatus
 from backups.catalogue.paths import LATEST_LINK, BackupNotFound, CatalogueError, check_backup
 from backups.errors import NotFound, ServiceError
+from backups.offsite.models import RemoteDeletion
 from backups.runs.models import Run
 from backups.runs.selectors import current_run
 
@@ -49,14 +50,18 @@ def backup_delete(*, backup_id: str, actor: Actor, details: dict[str, Any] | Non
     if backup_id == LATEST_LINK:
         raise NotFound("Backup not found: delete a backup by its real id, not `latest`.")
     root = backup_root()
+    backup = Backup.objects.filter(id=backup_id).first()
     try:
         check_backup(root, backup_id)
     except BackupNotFound:
-        raise NotFound("Backup not found.") from None
-    backup = Backup.objects.filter(id=backup_id).first()
+        if backup is None or backup.local:
+            raise NotFound("Backup not found.") from None
     refusal = deletion_refusal(backup, backup_id=backup_id, running=current_run())
     if refusal:
         raise refuse("backup.delete", refusal, actor=actor, target=backup_id, reason=refusal)
+    if backup is not None and not backup.local:
+        _delete_remote_only(backup, actor=actor, details=details)
+        return
     was_latest = latest.read_latest(root) == backup_id
     size = backup.size_bytes if backup else None
     try:
@@ -75,6 +80,8 @@ def backup_delete(*, backup_id: str, actor: Actor, details: dict[str, Any] | Non
         raise ServiceError("The backup could not be deleted completely; see the service log.") from None
     with transaction.atomic():
         Backup.objects.filter(id=backup_id).delete()
+        if backup is not None and backup.offsite_status != OffsiteStatus.NONE:
+            RemoteDeletion.owe([backup_id])  # the off-site step removes its copy from the store
         new_latest = repoint_latest() if was_latest else None
         audit(
             "backup.delete",
@@ -90,10 +97,25 @@ def backup_delete(*, backup_id: str, actor: Actor, details: dict[str, Any] | Non
     events.notify("info", f"Backup {backup_id} deleted by {actor}.")
 
 
+def _delete_remote_only(backup: Backup, *, actor: Actor, details: dict[str, Any] | None) -> None:
+    """A backup whose folder is gone and whose off-site copy is all that is left: its row goes now, its
+    copy is owed its removal from the store."""
+    with transaction.atomic():
+        Backup.objects.filter(id=backup.id).delete()
+        RemoteDeletion.owe([backup.id])
+        audit(
+            "backup.delete",
+            actor=actor,
+            target=backup.id,
+            details={"size_bytes": backup.size_bytes, "local": False, **(details or {})},
+        )
+    events.notify("info", f"Backup {backup.id} (off-site copy) deleted by {actor}.")
+
+
 def repoint_latest() -> str | None:
     """Point `latest` at the newest completed backup left (or remove it); returns its id."""
     newest = (
-        Backup.objects.filter(status=BackupStatus.COMPLETED)
+        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
         .order_by("-created_at", "-id")
         .values_list("id", flat=True)
         .first()

@@ -19,10 +19,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from backups.catalogue import latest, scan, sidecar
-from backups.catalogue.models import Backup, BackupStatus, BackupType
+from backups.catalogue.models import Backup, BackupStatus, BackupType, OffsiteStatus
 from backups.catalogue.paths import BackupNotFound, CatalogueError, check_backup, is_valid_id
 from backups.catalogue.services import repoint_latest
-from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
+from backups.offsite.models import RemoteDeletion
+from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunKind, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
         # Statuses are decided here, from the runs as they are when the rows are written: a walk that
         # began before a run ended must not write the run's folder back as running (or move `latest`).
         scanned = _catalogue_rows(walked)
-        if gone:
-            Backup.objects.filter(id__in=gone).delete()
+        removed = _forget_vanished(gone) if gone else 0
         # A folder whose content changed since it was verified is not verified any more.
         changed = [row.id for row in scanned if row.id in known and known[row.id] != row.signature]
         if changed:
@@ -138,10 +138,25 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
                     "signature",
                     "problems",
                     "synced_at",
+                    "local",
                 ],
             )
         _sync_latest_flag(root)
-    return {"scanned": len(scanned), "removed": len(gone), "total": len(folders)}
+    return {"scanned": len(scanned), "removed": removed, "total": len(folders)}
+
+
+def _forget_vanished(gone: set[str]) -> int:
+    """Rows of folders no longer on disk. One with a complete off-site copy (`offsite_at`: whatever
+    attempt came after it) stays, marked not local (it is downloaded and restored from the store); the
+    others go, and an unfinished copy of theirs is owed its removal from the store (its index would keep
+    its objects from the garbage collection)."""
+    Backup.objects.filter(id__in=gone, offsite_at__isnull=False, local=True).update(
+        local=False, is_latest=False, offsite_status=OffsiteStatus.OK, offsite_retry_at=None
+    )
+    doomed = Backup.objects.filter(id__in=gone, offsite_at__isnull=True)
+    RemoteDeletion.owe(doomed.exclude(offsite_status=OffsiteStatus.NONE).values_list("id", flat=True))
+    count, _ = doomed.delete()
+    return count
 
 
 def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]) -> list[Backup]:
@@ -151,12 +166,13 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
     if not walked:
         return []
     names = [name for name, _, _ in walked]
-    runs = Run.objects.exclude(backup_id="")
+    # Only backup runs make folders: a verify or off-site run names the backup it worked on.
+    runs = Run.objects.filter(kind=RunKind.BACKUP).exclude(backup_id="")
     if len(names) <= 500:  # a short IN list; a first sync of thousands of folders reads every run instead
         runs = runs.filter(backup_id__in=names)
     fields = ("backup_id", "id", "status", "type", "description", "triggered_by")
     runs_by_folder = {row["backup_id"]: row for row in runs.order_by("created_at").values(*fields)}
-    running = Run.objects.filter(status=RunStatus.RUNNING).exclude(backup_id="").first()
+    running = Run.objects.filter(status=RunStatus.RUNNING, kind=RunKind.BACKUP).exclude(backup_id="").first()
     running_folder = running.backup_id if running else ""
     named = [meta["run_id"] for _, _, meta in walked if isinstance(meta.get("run_id"), str)]
     known_runs = {

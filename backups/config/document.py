@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from cron_descriptor import ExpressionDescriptor, FormatException, Options
 from cronsim import CronSim, CronSimError
 
+from backups.offsite.crypto import recipient_problems
 from backups.retention.policy import DEFAULT_RETENTION, REQUIRED_KEYS, RETENTION_CHECKS
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -220,8 +221,27 @@ def _apprise_url_error(value: Any) -> str | None:
 
 
 def _age_recipient_error(value: Any) -> str | None:
-    if not isinstance(value, str) or not AGE_RECIPIENT.match(value):
+    """The shape first, then the key itself (its bech32 checksum): a typo in a pasted key would
+    otherwise only show when the first upload fails. A private key pasted by mistake gets its own
+    words, and no value is ever echoed into the answer."""
+    problems = recipient_problems([value])
+    if problems:
+        text = problems[0].removeprefix("encryptionRecipients[0] ")
+        return text[:1].upper() + text[1:] + "."
+    if not AGE_RECIPIENT.match(value):
         return "Must be an age public key (age1…, 62 characters)."
+    return None
+
+
+def _endpoint_error(value: Any) -> str | None:
+    problem = _http_url_error(value)
+    if problem or not value:
+        return problem
+    parts = urlsplit(value)
+    if parts.username or parts.password:
+        return "Must not hold credentials: they come from the environment (OFFSITE_ACCESS_KEY_ID, …)."
+    if parts.query or parts.fragment:
+        return "Must be the store's base URL, without a query or fragment."
     return None
 
 
@@ -284,7 +304,7 @@ SCHEMA: dict[str, Any] = {
     "verification": {"deep": _check_bool},
     "offsite": {
         "enabled": _check_bool,
-        "endpoint": _http_url_error,
+        "endpoint": _endpoint_error,
         "bucket": _bucket_error,
         "prefix": _prefix_error,
         "region": _short_text(64),

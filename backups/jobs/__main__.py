@@ -12,6 +12,7 @@ from backups.jobs.protocol import Reporter
 # Each kind's pure entry point: a module with `run(params, reporter) -> int` (the exit status).
 ENTRY_POINTS = {
     "verify": "backups.verification.job",
+    "offsite": "backups.offsite.job",
 }
 
 

@@ -43,6 +43,10 @@ def _not_on_start(message: messages.Message) -> bool:
     return message.event != messages.RUN_STARTED
 
 
+def _webhook_event(message: messages.Message) -> bool:
+    return message.event in messages.WEBHOOK_EVENTS
+
+
 def configured(document: dict[str, Any]) -> list[Channel]:
     """Every channel the document names, in a fixed order."""
     notifications = document["notifications"]
@@ -50,7 +54,7 @@ def configured(document: dict[str, Any]) -> list[Channel]:
     found: list[Channel] = []
     if notifications["webhook"]:
         url = notifications["webhook"]
-        found.append(Channel(WEBHOOK, mask_url(url, key), target_ref(url), url, _not_on_start))
+        found.append(Channel(WEBHOOK, mask_url(url, key), target_ref(url), url, _webhook_event))
     if notifications["email"] and notifications["emailRecipients"]:
         recipients = ", ".join(notifications["emailRecipients"])
         found.append(Channel(EMAIL, recipients, target_ref(recipients), recipients, _not_on_start))

@@ -24,8 +24,20 @@ RUN_FAILED = "run.failed"
 RETENTION_DELETED = "retention.deleted"
 VERIFICATION_FAILED = "verification.failed"
 BACKUP_STALE = "backup.stale"
+OFFSITE_FAILED = "offsite.failed"  # the people's channels only: the webhook's types are a closed list
 TEST = "test"
-EVENTS = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED, RETENTION_DELETED, VERIFICATION_FAILED, BACKUP_STALE, TEST)
+EVENTS = (
+    RUN_STARTED,
+    RUN_SUCCEEDED,
+    RUN_FAILED,
+    RETENTION_DELETED,
+    VERIFICATION_FAILED,
+    BACKUP_STALE,
+    OFFSITE_FAILED,
+    TEST,
+)
+# The `type`s a webhook receiver is promised (the contract's list); other events skip the webhook.
+WEBHOOK_EVENTS = (RUN_SUCCEEDED, RUN_FAILED, RETENTION_DELETED, VERIFICATION_FAILED, BACKUP_STALE, TEST)
 
 # Apprise's notify types, also a hint for any other channel.
 INFO, SUCCESS, WARNING, FAILURE = "info", "success", "warning", "failure"
@@ -116,7 +128,9 @@ def size(num_bytes: int | None) -> str:
 
 
 def tail_lines(output: str, count: int = OUTPUT_TAIL_LINES) -> list[str]:
-    lines = output.splitlines()[-count:] if count > 0 else []
+    # Only line feeds end a line: str.splitlines() would also split on form feeds and other controls
+    # that a script's output may carry, and count them against the 50.
+    lines = output.rstrip("\r\n").replace("\r\n", "\n").split("\n")[-count:] if count > 0 and output else []
     return [mask_text(line if len(line) <= LINE_MAX else line[:LINE_MAX] + " …") for line in lines]
 
 
@@ -311,6 +325,25 @@ def backup_stale(
             "hours_since_success": hours,
             "stale_after_hours": stale_after_hours,
         },
+        severity=FAILURE,
+    )
+
+
+def offsite_failed(
+    *, backup_id: str, error: str, message_id: str, timestamp: datetime, source: str = ""
+) -> Message:
+    title = _title(source, f"Off-site copy failed: {backup_id}")
+    intro = f"The off-site copy of {backup_id} failed: {_first_line(mask_text(error))}"
+    advice = "The local backup is intact; the copy is retried later. Check the store's settings and reach."
+    detail = tail_lines(error)
+    return Message(
+        id=message_id,
+        event=OFFSITE_FAILED,
+        timestamp=timestamp,
+        title=title,
+        text=f"{intro}\n{advice}\n\n" + "\n".join(detail) + "\n",
+        html=_html([intro, advice], pre=detail),
+        data={"backup_id": backup_id, "error": mask_text(error)},
         severity=FAILURE,
     )
 

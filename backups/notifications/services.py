@@ -151,6 +151,19 @@ def notify_verification_failed(*, backup_id: str, level: str, problems: Sequence
     return notification
 
 
+def notify_offsite_failed(*, backup_id: str, error: str) -> Notification | None:
+    """An off-site copy failed: e-mail and Apprise hear it (the dashboard already did, from the job)."""
+    message = messages.offsite_failed(
+        backup_id=backup_id,
+        error=error,
+        message_id=messages.new_message_id(),
+        timestamp=timezone.now(),
+        source=_source(),
+    )
+    with transaction.atomic():
+        return notification_create(message)
+
+
 def notify_backup_stale(
     *, last_success_at: datetime | None, stale_after_hours: int, now: datetime
 ) -> Notification | None:

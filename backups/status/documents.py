@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from backups.catalogue import selectors as catalogue_selectors
 from backups.catalogue.paths import disk_usage
 from backups.config.selectors import config_current, next_scheduled_at
+from backups.offsite import services as offsite_services
 from backups.runs import selectors as run_selectors
 from backups.status import banner
 from backups.status.script import script_available
@@ -43,6 +44,11 @@ def status() -> dict[str, Any]:
         "script": {"available": script_available()},
         "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
         "notices": banner.notices(),
+        "offsite": {
+            "enabled": bool(document["offsite"]["enabled"]),
+            "backups": offsite_services.status_counts(),
+            "last_copy_at": offsite_services.last_copy_at(),
+        },
     }
 
 

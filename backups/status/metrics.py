@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from backups.catalogue import sync
 from backups.catalogue.models import Backup, VerificationStatus
 from backups.catalogue.paths import CatalogueError, disk_usage
+from backups.offsite import services as offsite
+from backups.offsite.models import RemoteDeletion
 from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunStatus
 from backups.worker.lease import worker_alive
 
@@ -107,6 +109,25 @@ class BackupCollector(Collector):
         for state in VerificationStatus.values:
             states.add_metric([state], verification.get(state, 0))
         yield states
+        copies = GaugeMetricFamily(
+            "backup_offsite_backups",
+            "Number of catalogued backups by the state of their off-site copy.",
+            labels=["status"],
+        )
+        for value, count in offsite.status_counts().items():
+            copies.add_metric([value], count)
+        yield copies
+        last_copy = offsite.last_copy_at()
+        yield _gauge(
+            "backup_offsite_last_success_timestamp_seconds",
+            "Unix time at which the last off-site copy completed (0 if none yet).",
+            last_copy.timestamp() if last_copy else 0,
+        )
+        yield _gauge(
+            "backup_offsite_removals_owed",
+            "Copies of deleted backups still to be removed from the off-site store.",
+            RemoteDeletion.objects.count(),
+        )
         yield _gauge(
             "backup_running",
             "1 while a backup run is queued or running (as `running` in /api/backup/status), else 0.",

@@ -45,6 +45,8 @@ def verification_request(*, backup_id: str, level: str, actor: Actor) -> Run:
         raise NotFound("Backup not found.")
     if backup.status == BackupStatus.RUNNING:
         raise Conflict("This backup is still being written; verify it once its run has ended.")
+    if not backup.local:
+        raise Conflict("This backup's folder is gone: only its off-site copy is left.")
     return job_enqueue(
         kind=RunKind.VERIFY, actor=actor, params={"level": level}, backup_id=backup_id, automatic=False
     )
@@ -56,6 +58,7 @@ def verification_start_due(*, now: datetime | None = None) -> Run | None:
     kept backup is re-read over time (bit rot). None when the lane is busy or nothing is owed."""
     due = (
         Backup.objects.exclude(verification_due="")
+        .filter(local=True)  # a backup whose folder is gone has nothing here to read
         .exclude(status=BackupStatus.RUNNING)
         .order_by("-created_at")
         .first()
@@ -84,7 +87,7 @@ def _rolling_candidate(now: datetime) -> Backup | None:
     if Run.objects.filter(kind=RunKind.VERIFY, automatic=True, created_at__gte=since).exists():
         return None
     return (
-        Backup.objects.filter(status=BackupStatus.COMPLETED)
+        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
         .filter(Q(verified_at__isnull=True) | Q(verified_at__lt=since))
         .order_by(F("verified_at").asc(nulls_first=True), "created_at")
         .first()
@@ -95,7 +98,7 @@ def mark_unseen_backups_due() -> int:
     """Every backup gets a verification at first sight (external ones included: the first one writes
     their manifest)."""
     return (
-        Backup.objects.filter(verification_status=VerificationStatus.NEVER, verification_due="")
+        Backup.objects.filter(verification_status=VerificationStatus.NEVER, verification_due="", local=True)
         .exclude(status=BackupStatus.RUNNING)
         .update(verification_due="quick")
     )

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from backups import events, runner
 from backups.jobs import protocol
+from backups.offsite import services as offsite
 from backups.runs import outcome
 from backups.runs.models import Run, RunStatus
 from backups.runs.services import job_finish, run_set_process
@@ -46,7 +47,32 @@ KINDS: dict[str, JobKind] = {
         record=verification.job_record,
         timeout_seconds=lambda: settings.BACKUP_RUN_TIMEOUT,
     ),
+    "offsite": JobKind(
+        prepare=offsite.job_prepare,
+        record=offsite.job_record,
+        timeout_seconds=lambda: settings.BACKUP_RUN_TIMEOUT,
+    ),
 }
+
+
+def finish_job(run: Run, end: outcome.RunEnd, percent: int, stage: str, message: str) -> Run:
+    """End a job whose process is gone or lost (start-up recovery, a failure of the service itself) with
+    its kind's own consequence, as if its process had ended: the backup-only parts of `run_finish`
+    (the folder's metadata, duties, the catalogue's status) must not run for it."""
+    kind = KINDS.get(run.kind)
+    return job_finish(
+        run=run,
+        end=end,
+        percent=percent,
+        stage=stage,
+        message=message,
+        result=run.result or {},
+        record=kind.record if kind is not None else _record_nothing,
+    )
+
+
+def _record_nothing(run: Run) -> None:
+    return None
 
 
 class JobExecution(Following):

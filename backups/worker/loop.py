@@ -24,6 +24,7 @@ from backups import runner
 from backups.catalogue import removal, sync
 from backups.notifications.services import deliveries_release_claims
 from backups.notifications.step import notify_after_runs
+from backups.offsite.step import start_due_offsite
 from backups.retention.step import apply_after_run, apply_daily
 from backups.runs.models import Duty, Run, RunKind, RunStatus
 from backups.runs.outcome import RunEnd
@@ -33,7 +34,7 @@ from backups.verification.step import drop_scratch_leftovers, start_due_verifica
 from backups.worker import schedule
 from backups.worker.execution import RunExecution
 from backups.worker.following import RunLost
-from backups.worker.jobs import JobExecution
+from backups.worker.jobs import JobExecution, finish_job
 from backups.worker.lease import Lease, holder_name
 from backups.worker.notifier import Notifier
 
@@ -149,7 +150,12 @@ class Worker:
                 if runner.process_has_run_id(pid, str(run.id))
             ]
         killed = bool(leftovers and pgid) and runner.kill_group(pgid, settings.BACKUP_KILL_GRACE_SECONDS)
-        error = "The service stopped while this backup was running and its script did not survive" + (
+        what = (
+            "this backup was running and its script"
+            if run.kind == RunKind.BACKUP
+            else (f"this {run.kind} job was running and its process")
+        )
+        error = f"The service stopped while {what} did not survive" + (
             "; its leftover processes were ended." if killed else "."
         )
         end = RunEnd(RunStatus.INTERRUPTED, None, error, run.output, run.output_lines)
@@ -255,7 +261,7 @@ class Worker:
         return False
 
     def automatic_jobs(self) -> bool:
-        """Start the verification (later: off-site copy) the backups are owed, as automatic jobs. Not in
+        """Start the verification or off-site copy the backups are owed, as automatic jobs. Not in
         the first AUTOMATIC_JOBS_DELAY_SECONDS after start-up: a restart is a time to look, not to load."""
         if self.stopping.is_set() or time.monotonic() - self.started < settings.AUTOMATIC_JOBS_DELAY_SECONDS:
             return False
@@ -286,6 +292,8 @@ class Worker:
             self.current_run = None
 
     def finish(self, run: Run, end: RunEnd, percent: int, stage: str, message: str) -> Run:
+        if run.kind != RunKind.BACKUP:
+            return finish_job(run, end, percent, stage, message)
         return run_finish(run=run, end=end, percent=percent, stage=stage, message=message)
 
 
@@ -297,7 +305,8 @@ def execution(worker: Worker, run: Run) -> RunExecution | JobExecution:
 DUTIES: tuple[Callable[[], bool], ...] = (notify_after_runs, verify_new_backups, apply_after_run)
 
 # Capabilities that start automatic jobs when the lane is free (a backup request cancels them).
-AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification,)
+# Verification first: a backup is copied off site once its verification passed.
+AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification, start_due_offsite)
 
 # What killed jobs may leave behind, cleaned once per lease when nothing of theirs still runs.
 LEFTOVERS: tuple[Callable[[], bool], ...] = (drop_scratch_leftovers,)

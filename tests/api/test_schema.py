@@ -28,6 +28,7 @@ CONTRACT: dict[str, set[str]] = {
     "/api/backup/notifications/test": {"post"},
     "/api/backup/retention/preview": {"get", "post"},
     "/api/backup/retention/apply": {"post"},
+    "/api/backup/<id>/offsite": {"post"},
     "/api/schema/": {"get"},
     "/api/docs/": {"get"},
 }

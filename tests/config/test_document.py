@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from pyrage import x25519
 
 from backups.config.document import (
     DEFAULT_CONFIG,
@@ -153,6 +154,8 @@ def test_a_put_of_the_original_document_is_accepted_and_the_new_keys_take_their_
         ({"notifications": {"urls": ["ntfy://a", "ntfy://a"]}}, ("notifications", "urls")),
         ({"notifications": {"healthcheckUrl": "hc-ping.com/x"}}, ("notifications", "healthcheckUrl")),
         ({"encryptionRecipients": ["age1short"]}, ("encryptionRecipients",)),
+        ({"encryptionRecipients": ["age1" + "q" * 58]}, ("encryptionRecipients",)),
+        ({"offsite": {"endpoint": "https://key:secret@s3.example.com"}}, ("offsite", "endpoint")),
         ({"offsite": {"bucket": "UPPER"}}, ("offsite", "bucket")),
         ({"offsite": {"prefix": "../escape"}}, ("offsite", "prefix")),
         ({"offsite": {"storageClass": "COLD"}}, ("offsite", "storageClass")),
@@ -169,6 +172,13 @@ def test_the_new_keys_are_validated_and_a_bad_value_names_its_field(patch, where
 
 
 def test_encryption_with_a_recipient_is_accepted():
-    recipient = "age1" + "q" * 58
+    recipient = str(x25519.Identity.generate().to_public())
     document = validate({"encryption": True, "encryptionRecipients": [recipient]}, current=default_document())
     assert document["encryption"] is True and document["encryptionRecipients"] == [recipient]
+
+
+def test_a_private_key_given_as_recipient_is_refused_without_being_echoed():
+    secret = str(x25519.Identity.generate())
+    errors = errors_of({"encryptionRecipients": [secret]}, current=default_document())
+    message = errors["encryptionRecipients"][0]
+    assert "private key" in message and secret not in message and secret[15:] not in message

@@ -90,6 +90,8 @@ def test_metrics_of_an_empty_service_are_zero_and_declare_every_metric(backup_ro
         assert value(series, "backup_runs", status=status) == 0
     assert value(series, "backup_worker_up") == 0
     assert value(series, "backup_running") == 0
+    assert value(series, "backup_offsite_last_success_timestamp_seconds") == 0
+    assert value(series, "backup_offsite_backups", status="none") == 0
     assert set(types) == {
         "backup_last_success_timestamp_seconds",
         "backup_last_run_duration_seconds",
@@ -102,6 +104,9 @@ def test_metrics_of_an_empty_service_are_zero_and_declare_every_metric(backup_ro
         "backup_worker_up",
         "backup_running",
         "backup_verification_state_backups",
+        "backup_offsite_backups",
+        "backup_offsite_last_success_timestamp_seconds",
+        "backup_offsite_removals_owed",
     }
     for state in ("never", "ok", "failed", "running"):
         assert value(series, "backup_verification_state_backups", state=state) == 0

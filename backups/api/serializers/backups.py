@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from backups.api.serializers.common import StrictSerializer
-from backups.catalogue.models import Backup, VerificationStatus
+from backups.catalogue.models import Backup, OffsiteStatus, VerificationStatus
 
 
 class BackupFileSerializer(serializers.Serializer):
@@ -34,11 +34,22 @@ class VerificationSerializer(serializers.Serializer):
     due = serializers.CharField(allow_null=True, help_text="the level of a verification owed, if any")
 
 
+class OffsiteCopySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=OffsiteStatus.values)
+    at = serializers.DateTimeField(allow_null=True, help_text="when the last complete copy was made")
+    bytes = serializers.IntegerField(help_text="plaintext bytes the copy holds")
+    uploaded_bytes = serializers.IntegerField(help_text="bytes its last upload sent")
+    error = serializers.CharField(
+        allow_null=True, help_text="why the last attempt failed, if it did (an earlier copy may be kept: ok)"
+    )
+
+
 class BackupSerializer(serializers.ModelSerializer):
     files = serializers.SerializerMethodField()
     verification = serializers.SerializerMethodField()
     # What the last walk of the folder could not read; empty when it was read completely.
     problems = serializers.ListField(child=serializers.CharField(), read_only=True)
+    offsite = serializers.SerializerMethodField()
 
     class Meta:
         model = Backup
@@ -53,6 +64,8 @@ class BackupSerializer(serializers.ModelSerializer):
             "pinned",
             "verified",
             "verification",
+            "local",
+            "offsite",
             "triggered_by",
             "file_count",
             "run_id",
@@ -76,6 +89,18 @@ class BackupSerializer(serializers.ModelSerializer):
             "problems": list(details.get("problems", [])),
             "databases": list(details.get("databases", [])),
             "due": backup.verification_due or None,
+        }
+
+    @extend_schema_field(OffsiteCopySerializer)
+    def get_offsite(self, backup: Backup) -> dict[str, Any]:
+        """Where the backup lives besides its folder (`local`): its off-site copy."""
+        details = backup.offsite or {}
+        return {
+            "status": backup.offsite_status,
+            "at": backup.offsite_at.isoformat() if backup.offsite_at else None,
+            "bytes": backup.offsite_bytes,
+            "uploaded_bytes": backup.offsite_uploaded_bytes,
+            "error": details.get("error"),
         }
 
     def to_representation(self, instance: Backup) -> dict[str, Any]:

@@ -33,6 +33,20 @@ class NoticeSerializer(serializers.Serializer):
     action = serializers.CharField()
 
 
+class OffsiteCountsSerializer(serializers.Serializer):
+    none = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    uploading = serializers.IntegerField()
+    ok = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class OffsiteStateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    backups = OffsiteCountsSerializer(help_text="backups by the state of their off-site copy")
+    last_copy_at = serializers.DateTimeField(allow_null=True)
+
+
 class StatusSerializer(serializers.Serializer):
     running = serializers.BooleanField()
     current_run = RunSerializer(allow_null=True)
@@ -46,3 +60,4 @@ class StatusSerializer(serializers.Serializer):
     notices = NoticeSerializer(
         many=True, help_text="what is wrong right now, worst first, each with what to do"
     )
+    offsite = OffsiteStateSerializer()

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backups.api.downloads import download_file, download_tar
+from backups.api.downloads_remote import download_remote
 from backups.api.pagination import Pagination, choice_param
 from backups.api.serializers.backups import (
     BackupListSerializer,
@@ -28,6 +29,7 @@ from backups.catalogue import selectors, sync
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.services import backup_delete, backup_set_pinned
 from backups.download_links import SignedLinkAuthentication, signed_download_url
+from backups.offsite.services import offsite_request
 from backups.verification.services import verification_request
 
 
@@ -91,6 +93,8 @@ class BackupViewSet(viewsets.GenericViewSet):
     def download(self, request: Request, pk: str) -> HttpResponse:
         backup = _fresh_backup(pk)
         rel_path = request.query_params.get("file")
+        if not backup.local:
+            return download_remote(request, backup, rel_path)
         if rel_path is not None:
             return download_file(request, backup, rel_path)
         return download_tar(request, backup)
@@ -109,6 +113,16 @@ class BackupViewSet(viewsets.GenericViewSet):
         run = verification_request(
             backup_id=backup.id, level=body.validated_data["level"], actor=Actor.from_request(request)
         )
+        return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: RunEnvelopeSerializer, 409: ConflictSerializer})
+    @action(detail=True, methods=["post"])
+    def offsite(self, request: Request, pk: str) -> Response:
+        """Copy the backup to the off-site store now: a run of kind `offsite` in the one-at-a-time lane
+        (a backup request waits for it). Files the store already holds are not sent again; an upload
+        that was interrupted continues from the parts already sent."""
+        backup = _fresh_backup(pk)
+        run = offsite_request(backup_id=backup.id, actor=Actor.from_request(request))
         return Response({"run": RunSerializer(run).data}, status=status.HTTP_202_ACCEPTED)
 
     # Outside the contract (so outside the OpenAPI document, whose paths are exactly the contract's):
