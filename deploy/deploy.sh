@@ -269,7 +269,7 @@ if [[ $REPO_DIR != "$APP_DIR" ]]; then
     # Excluded paths are also kept on the target (--delete spares them): the venv, the state in var/,
     # the .env link and the collected static files.
     run rsync -a --delete --no-owner --no-group --chmod=u+rwX,go+rX,go-w \
-        --exclude=/.git/ --exclude=/.venv/ --exclude=/var/ --exclude=/.env --exclude=/staticfiles/ \
+        --exclude=/.git --exclude=/.venv/ --exclude=/var/ --exclude=/.env --exclude=/staticfiles/ \
         --exclude=__pycache__/ --exclude=.pytest_cache/ --exclude=.ruff_cache/ \
         "$REPO_DIR/" "$APP_DIR/"
 fi

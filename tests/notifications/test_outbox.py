@@ -21,7 +21,7 @@ from backups.config.selectors import config_current
 from backups.config.services import config_update
 from backups.models import Delivery, DeliveryStatus, Duty, Notification, Run, RunStatus
 from backups.notifications import channels, messages
-from backups.notifications.services import run_info
+from backups.notifications.services import notify_offsite_failed, run_info
 from backups.notifications.step import check_stale, deliver_due, notify_after_runs
 from backups.runs.services import RunEnd, run_claim, run_enqueue, run_finish
 from tests.notifications.loopback import Reply
@@ -263,6 +263,18 @@ def test_a_failed_verification_is_told_to_the_people(configured, receiver):
     deliver_all()
     payload = Webhook(SECRET).verify(receiver.requests[0].body, receiver.requests[0].headers)
     assert payload["data"]["backup_id"] == "backup-20261130_030000" and payload["data"]["level"] == "quick"
+
+
+def test_a_failed_off_site_copy_is_told_to_the_people_but_not_to_the_webhook(configured, receiver):
+    """The webhook's event types are the contract's closed list; `offsite.failed` is not on it."""
+    configured(webhook=receiver.base + "/hook", urls=[f"json://127.0.0.1:{receiver.port}/apprise"])
+    notify_offsite_failed(backup_id="backup-20261130_030000", error="bucket refused: AccessDenied")
+    assert set(deliveries(messages.OFFSITE_FAILED)) == {"apprise"}
+    deliver_all()
+    assert [urlsplit(r.path).path for r in receiver.requests] == ["/apprise"]
+    body = json.loads(receiver.requests[0].body)
+    assert "backup-20261130_030000" in body["title"] + body["message"]
+    assert "AccessDenied" in body["message"]
 
 
 def test_the_stale_alert_is_raised_once_and_rearmed_by_the_next_success(configured, receiver):
