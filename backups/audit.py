@@ -59,7 +59,7 @@ class AuditEvent(models.Model):
     action = models.CharField(max_length=64, db_index=True)
     target = models.CharField(max_length=300, blank=True, default="")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
-    outcome = models.CharField(max_length=16, default="ok")  # ok | refused | failed
+    outcome = models.CharField(max_length=16, default="ok")  # ok | refused | failed | incomplete
     details = models.JSONField(default=dict, blank=True)
 
     class Meta:

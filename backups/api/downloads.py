@@ -38,7 +38,7 @@ from backups.asgi_guard import StreamAborted
 from backups.audit import Actor
 from backups.catalogue.models import Backup
 from backups.catalogue.paths import BackupNotFound, CatalogueError, Member, open_member
-from backups.catalogue.services import backup_record_download
+from backups.catalogue.services import backup_download_ended, backup_record_download
 from backups.catalogue.tarstream import TarPlan, iter_tar_chunks, plan_tar
 from backups.errors import NotFound
 
@@ -106,7 +106,10 @@ async def stream(
     what: str,
     on_abort: Callable[[], None] | None = None,
     failures: tuple[type[Exception], ...] = READ_FAILURES,
+    on_end: Callable[[int], None] | None = None,
 ) -> AsyncIterator[bytes]:
+    """The source's chunks; `on_end(bytes handed to the server)` once the transfer ended in any way."""
+    sent = 0
     try:
         while True:
             try:
@@ -122,27 +125,39 @@ async def stream(
                 raise StreamAborted(str(error)) from None
             if chunk is None:
                 return
+            # Counted as handed to the server: a client that hangs up may miss at most this chunk.
+            sent += len(chunk)
             yield chunk
     finally:
         source.close()
+        if on_end is not None:
+            try:
+                await sync_to_async(on_end)(sent)
+            except BaseException:  # also when the transfer was cancelled: the audit row keeps its plan
+                logger.warning("could not record the end of the download of %s", what, exc_info=True)
 
 
 def streaming_response(
     source: BlockingSource,
     what: str,
     failures: tuple[type[Exception], ...] = READ_FAILURES,
+    on_end: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> StreamingHttpResponse:
     closers: list[Callable[[], None]] = []
-    response = StreamingHttpResponse(stream(source, what, lambda: closers[0](), failures), **kwargs)
+    response = StreamingHttpResponse(stream(source, what, lambda: closers[0](), failures, on_end), **kwargs)
     closers.append(response.close)
     # Also released when the response is closed without ever being streamed (an error after the view).
     response._resource_closers.append(source.close)
     return response
 
 
-def _audit_download(request: Request, backup: Backup, details: dict[str, Any]) -> None:
-    backup_record_download(backup_id=backup.id, actor=Actor.from_request(request), details=details)
+def audit_download(request: Request, backup: Backup, details: dict[str, Any]) -> Callable[[int], None]:
+    """Audit a download before it starts; the answer is the `on_end` of its stream, which records the
+    bytes actually sent."""
+    event = backup_record_download(backup_id=backup.id, actor=Actor.from_request(request), details=details)
+    planned = int(details["bytes"])
+    return lambda sent: backup_download_ended(event, sent=sent, planned=planned)
 
 
 def generator_source(chunks: Iterator[bytes], release: Callable[[], None] | None = None) -> BlockingSource:
@@ -170,11 +185,11 @@ def download_tar(request: Request, backup: Backup) -> HttpResponse:
     except BackupNotFound:
         raise NotFound("Backup not found.") from None
     try:
-        _audit_download(request, backup, {"kind": "tar", "bytes": plan.content_length})
+        ended = audit_download(request, backup, {"kind": "tar", "bytes": plan.content_length})
     except BaseException:
         plan.close()
         raise
-    response = streaming_response(tar_source(plan), backup.id, content_type="application/x-tar")
+    response = streaming_response(tar_source(plan), backup.id, on_end=ended, content_type="application/x-tar")
     response["Content-Length"] = str(plan.content_length)
     response["Content-Disposition"] = f'attachment; filename="{backup.id}.tar"'
     response["Cache-Control"] = "no-store"
@@ -282,11 +297,11 @@ def _file_response(request: Request, backup: Backup, rel_path: str, member: Memb
             start, end = parsed
             code = 206
     length = max(0, end - start + 1)
-    _audit_download(
-        request,
-        backup,
-        {"kind": "file", "path": rel_path, "range": [start, end] if code == 206 else None, "bytes": length},
-    )
+    ranged = [start, end] if code == 206 else None
+    details = {"kind": "file", "path": rel_path, "range": ranged, "bytes": length}
+    if settings.DOWNLOAD_ACCEL_PREFIX:
+        details["sent_by"] = "nginx"  # nginx sends the bytes: the service knows only what it authorised
+    ended = audit_download(request, backup, details)
     if settings.DOWNLOAD_ACCEL_PREFIX:
         # nginx serves the bytes (sendfile, slow clients, ranges); the service only authorises.
         member.close()
@@ -298,6 +313,7 @@ def _file_response(request: Request, backup: Backup, rel_path: str, member: Memb
         response = streaming_response(
             range_source(member, start, length),
             f"{backup.id}/{rel_path}",
+            on_end=ended,
             status=code,
             content_type="application/octet-stream",
         )

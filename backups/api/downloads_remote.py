@@ -16,10 +16,8 @@ from urllib.parse import quote
 from django.http import HttpResponse
 from rest_framework.request import Request
 
-from backups.api.downloads import CHUNK, READ_FAILURES, generator_source, streaming_response
-from backups.audit import Actor
+from backups.api.downloads import CHUNK, READ_FAILURES, audit_download, generator_source, streaming_response
 from backups.catalogue.models import Backup
-from backups.catalogue.services import backup_record_download
 from backups.errors import Conflict, NotFound, ServiceError
 from backups.offsite import remote
 from backups.offsite import services as offsite
@@ -81,20 +79,16 @@ def _download(request: Request, backup: Backup, rel_path: str | None) -> HttpRes
         members = [Member(item.name, item.size, item.open) for item in remote.plan_export(client, backup.id)]
         encrypted_export = True
     plan = plan_tar(backup.id, members, mtime=int(backup.created_at.timestamp()))
-    backup_record_download(
-        backup_id=backup.id,
-        actor=Actor.from_request(request),
-        details={
-            "kind": "tar",
-            "source": "offsite",
-            "encrypted": encrypted_export,
-            "bytes": plan.content_length,
-        },
+    ended = audit_download(
+        request,
+        backup,
+        {"kind": "tar", "source": "offsite", "encrypted": encrypted_export, "bytes": plan.content_length},
     )
     response = streaming_response(
         generator_source(iter_tar_chunks(plan, CHUNK)),
         backup.id,
         STREAM_FAILURES,
+        ended,
         content_type="application/x-tar",
     )
     response["Content-Length"] = str(plan.content_length)
@@ -135,15 +129,14 @@ def _file_response(
         finally:
             stream.close()
 
-    backup_record_download(
-        backup_id=backup.id,
-        actor=Actor.from_request(request),
-        details={"kind": "file", "source": "offsite", "path": item.path, "bytes": item.size},
+    ended = audit_download(
+        request, backup, {"kind": "file", "source": "offsite", "path": item.path, "bytes": item.size}
     )
     response = streaming_response(
         generator_source(chunks()),
         f"{backup.id}/{item.path}",
         STREAM_FAILURES,
+        ended,
         content_type="application/octet-stream",
     )
     response["Content-Length"] = str(item.size)

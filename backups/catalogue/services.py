@@ -11,10 +11,10 @@ from django.conf import settings
 from django.db import transaction
 
 from backups import events
-from backups.audit import Actor, audit, refuse
+from backups.audit import Actor, AuditEvent, audit, refuse
 from backups.catalogue import latest, removal, sidecar
 from backups.catalogue.models import Backup, BackupStatus, OffsiteStatus
-from backups.catalogue.paths import LATEST_LINK, BackupNotFound, CatalogueError, check_backup
+from backups.catalogue.paths import LATEST_LINK, BackupNotFound, CatalogueError, check_backup, is_valid_id
 from backups.errors import NotFound, ServiceError
 from backups.offsite.models import RemoteDeletion
 from backups.runs.models import Run
@@ -49,6 +49,8 @@ def deletion_refusal(backup: Backup | None, *, backup_id: str, running: Run | No
 def backup_delete(*, backup_id: str, actor: Actor, details: dict[str, Any] | None = None) -> None:
     if backup_id == LATEST_LINK:
         raise NotFound("Backup not found: delete a backup by its real id, not `latest`.")
+    if not is_valid_id(backup_id):  # before any query: PostgreSQL refuses NUL bytes with an error
+        raise NotFound("Backup not found.")
     root = backup_root()
     backup = Backup.objects.filter(id=backup_id).first()
     try:
@@ -159,7 +161,18 @@ def backup_write_facts(*, run: Run, status: str) -> None:
         logger.warning("could not write metadata of %s", run.backup_id, exc_info=True)
 
 
-def backup_record_download(*, backup_id: str, actor: Actor, details: dict[str, Any]) -> None:
-    """A download is audited like a change: who took which backup (or file), and how much."""
+def backup_record_download(*, backup_id: str, actor: Actor, details: dict[str, Any]) -> AuditEvent:
+    """A download is audited like a change: who took which backup (or file). Written before the first
+    byte leaves (a transfer that never ends is still on record); `backup_download_ended` then says how
+    much was actually sent."""
     with transaction.atomic():
-        audit("backup.download", actor=actor, target=backup_id, details=details)
+        return audit("backup.download", actor=actor, target=backup_id, details=details)
+
+
+def backup_download_ended(event: AuditEvent, *, sent: int, planned: int) -> None:
+    """The bytes that reached the client: `bytes` is what was sent, `planned_bytes` what the answer
+    announced; a transfer cut short (client gone, file changed) has the outcome `incomplete`."""
+    details = {**(event.details or {}), "bytes": sent, "planned_bytes": planned, "complete": sent == planned}
+    AuditEvent.objects.filter(pk=event.pk).update(
+        details=details, outcome="ok" if sent == planned else "incomplete"
+    )

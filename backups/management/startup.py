@@ -8,17 +8,17 @@ import socket
 
 from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.migrations.executor import MigrationExecutor
+
+from backups.status.migrations import pending_migrations
 
 
 def ensure_migrated() -> None:
     connection = connections[DEFAULT_DB_ALIAS]
     connection.ensure_connection()  # unreachable: manage.py says so, naming DATABASE_URL
-    executor = MigrationExecutor(connection)
-    pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    pending = pending_migrations(connection)
     if pending:
         raise CommandError(
-            f"{len(pending)} database migration(s) not applied: run `python manage.py migrate` first"
+            f"{pending} database migration(s) not applied: run `python manage.py migrate` first"
         )
 
 

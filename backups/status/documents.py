@@ -20,6 +20,7 @@ from backups.config.selectors import config_current, next_scheduled_at
 from backups.offsite import services as offsite_services
 from backups.runs import selectors as run_selectors
 from backups.status import banner
+from backups.status.migrations import pending_migrations
 from backups.status.script import script_available
 from backups.worker.lease import WorkerLease, worker_alive
 
@@ -56,6 +57,10 @@ def health() -> tuple[dict[str, Any], int]:
     """The health document and its HTTP status: 503 when the database is unreachable or does not
     accept writes (no run could be recorded); `degraded` when a folder could not be read completely."""
     checks: dict[str, Any] = {"database": _database_check()}
+    if checks["database"]["ok"]:
+        checks["migrations"] = _migrations_check()
+    if settings.REDIS_URL:
+        checks["redis"] = _redis_check()
     root = Path(settings.BACKUP_ROOT)
     if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
         total, free = disk_usage(root)
@@ -79,7 +84,7 @@ def health() -> tuple[dict[str, Any], int]:
     checks["worker"] = {"ok": worker_ok}
     if not worker_ok:
         checks["worker"]["detail"] = "no worker heartbeat in the last minute"
-    if not checks["database"]["ok"]:
+    if not checks["database"]["ok"] or not checks.get("migrations", {"ok": True})["ok"]:
         state, code = "error", 503
     elif all(check["ok"] for check in checks.values()):
         state, code = "ok", 200
@@ -112,6 +117,52 @@ def _database_check() -> dict[str, Any]:
             transaction.set_rollback(True)
     except Exception:
         return {"ok": False, "detail": "database does not accept writes"}
+    return {"ok": True}
+
+
+# How long a migrations answer is reused: loading the migration graph costs tens of milliseconds, and
+# the answer changes only when someone runs `migrate` or deploys new code.
+MIGRATIONS_CHECK_SECONDS = 30.0
+_migrations_answer: tuple[float, int] | None = None
+
+
+def _migrations_check() -> dict[str, Any]:
+    """Migrations this code knows and the database lacks: every request touching them would fail."""
+    global _migrations_answer
+    now = time.monotonic()
+    answer = _migrations_answer
+    if answer is None or answer[1] or now - answer[0] > MIGRATIONS_CHECK_SECONDS:
+        try:
+            _migrations_answer = (now, pending_migrations(connection))
+        except Exception:
+            return {"ok": False, "detail": "migration state could not be read"}
+    pending = _migrations_answer[1]
+    if not pending:
+        return {"ok": True}
+    return {
+        "ok": False,
+        "unapplied": pending,
+        "detail": f"{pending} database migration(s) not applied: run `python manage.py migrate`",
+    }
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _redis_check() -> dict[str, Any]:
+    """Redis carries the events between processes and the shared cache: reachable within half a second."""
+    import redis
+
+    url = settings.REDIS_URL
+    try:
+        client = _redis_clients.get(url)
+        if client is None:
+            client = _redis_clients[url] = redis.Redis.from_url(
+                url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+        client.ping()
+    except Exception as error:
+        return {"ok": False, "detail": f"Redis (REDIS_URL) unreachable: {type(error).__name__}"}
     return {"ok": True}
 
 

@@ -245,6 +245,34 @@ def test_clients_that_hang_up_mid_download_leave_no_open_files(start_server, tmp
     assert get(server, f"/api/backup/{BACKUP}/download?file=db.sql")[2] == b"dump\n"
 
 
+def test_the_audit_of_a_download_records_the_bytes_actually_sent(start_server, tmp_path):
+    _big_backup(tmp_path / "backups")
+    server = start_server()
+    status, headers, body = get(server, f"/api/backup/{BACKUP}/download?file=db.sql")
+    assert (status, body) == (200, b"dump\n")
+    sock, headers, first = _start_download(server, f"/api/backup/{BACKUP}/download")
+    planned = int(headers["content-length"])
+    received = _read_rest(sock, len(first), 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # hung up after 4 MB of a 48 MB tar
+
+    def downloads() -> list[dict]:
+        entries = json.loads(get(server, "/api/backup/logs?source=audit&lines=50")[2])["entries"]
+        return [entry for entry in entries if entry["action"] == "backup.download"]
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "complete" not in (downloads()[-1:] or [{}])[0].get("details", {}):
+        time.sleep(0.2)
+    whole_file, cut_tar = downloads()
+    assert whole_file["outcome"] == "ok"
+    recorded = {key: whole_file["details"].get(key) for key in ("kind", "bytes", "planned_bytes", "complete")}
+    assert recorded == {"kind": "file", "bytes": 5, "planned_bytes": 5, "complete": True}
+    assert cut_tar["outcome"] == "incomplete" and cut_tar["details"]["kind"] == "tar"
+    assert cut_tar["details"]["planned_bytes"] == planned and cut_tar["details"]["complete"] is False
+    # Counted as handed to the server: what the client got, plus what was still in flight.
+    assert received <= cut_tar["details"]["bytes"] < planned // 2
+
+
 # ------------------------------------------------------------------------------ bounded requests
 
 

@@ -35,6 +35,8 @@ def read_only_database() -> Iterator[None]:
                 cursor.execute("SET default_transaction_read_only = off")
 
 
+# Transactional: PostgreSQL's read-only setting applies to the transactions that start after it.
+@pytest.mark.django_db(transaction=True)
 def test_health_is_not_ok_when_the_database_does_not_accept_writes(anonymous, backup_root):
     assert anonymous.get("/health").json()["checks"]["database"] == {"ok": True}
     with read_only_database():
@@ -99,3 +101,43 @@ def test_a_folder_deeper_than_path_max_does_not_take_the_catalogue_down(api, ano
     assert all(row["problems"] == [] for row in listing.json()["results"])
     assert api.get("/api/backup/status").status_code == 200
     assert anonymous.get("/health").json()["checks"]["catalogue"] == {"ok": True}
+
+
+def test_an_unreachable_redis_degrades_health_and_a_working_one_is_ok(anonymous, backup_root, settings):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, never accepting
+        probe.bind(("127.0.0.1", 0))
+        settings.REDIS_URL = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+        answer = anonymous.get("/health")
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "degraded"
+    assert body["checks"]["redis"]["ok"] is False
+    assert "REDIS_URL" in body["checks"]["redis"]["detail"]
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6379)) != 0:
+            pytest.skip("no Redis server on 127.0.0.1:6379")
+    settings.REDIS_URL = "redis://127.0.0.1:6379/9"
+    assert anonymous.get("/health").json()["checks"]["redis"] == {"ok": True}
+    settings.REDIS_URL = ""
+    assert "redis" not in anonymous.get("/health").json()["checks"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unapplied_migrations_make_health_an_error_until_migrate_runs(anonymous, backup_root):
+    from django.core.management import call_command
+
+    from backups.status import documents
+
+    assert anonymous.get("/health").json()["checks"]["migrations"] == {"ok": True}
+    call_command("migrate", "backups", "0005", verbosity=0)
+    try:
+        documents._migrations_answer = None  # the cached answer is reused for a while: ask again now
+        answer = anonymous.get("/health")
+        body = answer.json()
+        assert answer.status_code == 503 and body["status"] == "error"
+        assert body["checks"]["migrations"]["ok"] is False and body["checks"]["migrations"]["unapplied"] >= 1
+        assert "manage.py migrate" in body["checks"]["migrations"]["detail"]
+    finally:
+        call_command("migrate", "backups", verbosity=0)
+    assert anonymous.get("/health").json()["checks"]["migrations"] == {"ok": True}
