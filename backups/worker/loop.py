@@ -232,7 +232,11 @@ class Worker:
         return schedule.tick()
 
     def retention_daily(self) -> bool:
+        """Not while a run's duties are owed: its own retention duty comes first (and notifications and
+        the new backup's verification are not held up by a long daily pruning)."""
         if time.monotonic() - self.last_retention_check < RETENTION_CHECK_SECONDS:
+            return False
+        if Duty.objects.exists():
             return False
         self.last_retention_check = time.monotonic()
         return apply_daily()

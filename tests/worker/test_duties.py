@@ -120,3 +120,28 @@ def test_a_duty_that_keeps_failing_is_dropped_after_three_attempts(backup_root, 
         assert Duty.objects.get().attempts == attempts
     assert step.apply_after_run() is True
     assert not Duty.objects.exists()  # given up: it must not block the worker forever
+
+
+@pytest.mark.django_db
+def test_the_daily_retention_waits_while_a_run_still_owes_its_duties(backup_root):
+    """Otherwise a long daily pruning runs before the new backup's notification and verification."""
+    from backups.audit import Actor
+    from backups.catalogue import sync
+    from backups.config.services import config_update
+    from backups.models import Backup, Duty, Run, RunStatus
+    from backups.worker.loop import Worker
+
+    for day in ("20200101", "20200102", "20200103"):
+        make_backup(backup_root, f"backup-{day}_030000", {"a.txt": "a\n"})
+    sync.sync()
+    rules = {"retention": {"daily": 1, "weekly": 0, "monthly": 0}}
+    config_update(document=rules, actor=Actor("t"), partial=True)
+    run = Run.objects.create(status=RunStatus.SUCCEEDED, triggered_by="t")  # arms retention
+    duty = Duty.objects.create(run=run, name="notify")
+
+    worker = Worker()
+    assert worker.retention_daily() is False
+    assert Backup.objects.count() == 3  # nothing pruned while the run's duty is owed
+    duty.delete()
+    worker.retention_daily()
+    assert sorted(Backup.objects.values_list("id", flat=True)) == ["backup-20200103_030000"]
