@@ -345,8 +345,13 @@ def _cross_checks(document: dict[str, Any]) -> Errors:
     recipients = document["encryptionRecipients"]
     if document["encryption"] and not recipients:
         errors["encryption"] = ["Encryption needs at least one age public key in encryptionRecipients."]
-    if document["encryptLocal"] and not recipients:
-        errors["encryptLocal"] = ["Encrypting the local copy needs at least one age public key."]
+    if document["encryptLocal"]:
+        # The folder stays exactly as the script wrote it: verification, restore, downloads and the
+        # script's own `latest` link read it. Encryption at rest is the off-site copy's.
+        errors["encryptLocal"] = [
+            "Encrypting the local copy in place is not supported: backup folders stay as the script "
+            "wrote them. Set encryptionRecipients and enable offsite for encrypted copies."
+        ]
     offsite = document["offsite"]
     if offsite["enabled"] and not offsite["bucket"]:
         errors["offsite"] = {"bucket": ["Required when off-site copies are enabled."]}

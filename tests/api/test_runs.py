@@ -58,6 +58,12 @@ def test_the_database_refuses_a_second_active_run_even_without_the_service():
         {"description": "x" * 501},
         {"description": 5},
         {"description": "line\x00break"},
+        # What splits a log line or a terminal row, or reorders the text around it.
+        {"description": "line\u2028separator"},
+        {"description": "paragraph\u2029separator"},
+        {"description": "next\x85line"},
+        {"description": "before release \u202egnp.exe"},
+        {"description": "isolate \u2066x\u2069"},
         {"unexpected": 1},
         ["manual"],
         "manual",

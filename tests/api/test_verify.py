@@ -99,3 +99,31 @@ def test_an_automatic_job_cancelled_for_a_backup_is_owed_again(api, backup_root,
     assert job.automatic and job.params["level"] == "quick"
     assert api.post("/api/backup/create", {}, format="json").status_code == 202
     assert Backup.objects.get().verification_due == "quick"  # still owed: tried again later
+
+
+def test_a_verify_job_says_its_progress_and_end_as_job_events_never_as_backup_events(
+    api, backup_root, worker, event_log
+):
+    make_backup(backup_root, "backup-20260101_030000", GOOD)
+    run_id = api.post("/api/backup/backup-20260101_030000/verify", {"level": "quick"}, format="json").json()[
+        "run"
+    ]["id"]
+    assert worker.run_next_queued()
+    completed = event_log.wait_for("job-completed", lambda data: data["run_id"] == run_id)
+    assert completed["kind"] == "verify" and completed["backup_id"] == "backup-20260101_030000"
+    last = event_log.wait_for("job-progress", lambda data: data["percent"] == 100)
+    assert last["run_id"] == run_id and last["kind"] == "verify"
+    assert not [name for name, _ in event_log.seen if name.startswith("backup-")]
+
+    # A job that ends otherwise (here: an automatic one making way for a backup request) is a job-error.
+    job = job_enqueue(
+        kind="verify",
+        actor=Actor("worker"),
+        params={"level": "deep"},
+        backup_id="backup-20260101_030000",
+        automatic=True,
+    )
+    Run.objects.filter(id=job.id).update(status=RunStatus.RUNNING)
+    assert api.post("/api/backup/create", {}, format="json").status_code == 202
+    error = event_log.wait_for("job-error", lambda data: data["run_id"] == str(job.id))
+    assert error == {"run_id": str(job.id), "error": PREEMPTED, "exit_code": None, "kind": "verify"}

@@ -177,6 +177,15 @@ def test_encryption_with_a_recipient_is_accepted():
     assert document["encryption"] is True and document["encryptionRecipients"] == [recipient]
 
 
+def test_encrypting_the_local_folders_is_refused_even_with_a_recipient():
+    """The folders stay as the script wrote them; `encryptLocal: false` (the default) is accepted."""
+    recipient = str(x25519.Identity.generate().to_public())
+    patch = {"encryptLocal": True, "encryptionRecipients": [recipient]}
+    errors = errors_of(patch, current=default_document())
+    assert "not supported" in errors["encryptLocal"][0]
+    assert validate({"encryptLocal": False}, current=default_document())["encryptLocal"] is False
+
+
 def test_a_private_key_given_as_recipient_is_refused_without_being_echoed():
     secret = str(x25519.Identity.generate())
     errors = errors_of({"encryptionRecipients": [secret]}, current=default_document())

@@ -3,12 +3,9 @@ prefix per test, age identities, and backup folders in tmp_path with a plain ope
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import secrets
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -184,66 +181,3 @@ def service(store: StoreSettings, identity: Identity, backup_root: Path, setting
         worker.release_lease()
         for name in (*names, "BACKUP_PG_PORT"):
             os.environ.pop(name, None)
-
-
-@dataclass
-class EventLog:
-    """Every event the service published while the test ran, as (event, data)."""
-
-    seen: list[tuple[str, dict]]
-
-    def of(self, event: str) -> list[dict]:
-        return [data for name, data in list(self.seen) if name == event]
-
-    def wait_for(self, event: str, predicate: Callable[[dict], bool], timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for data in self.of(event):
-                if predicate(data):
-                    return data
-            time.sleep(0.05)
-        raise AssertionError(f"no {event} matching within {timeout} s; seen: {self.seen[-10:]}")
-
-
-@pytest.fixture
-def event_log() -> Iterator[EventLog]:
-    """The service publishes on a loop of this test's own, where a channel of the layer listens."""
-    from channels.layers import get_channel_layer
-
-    from backups import events
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-events", daemon=True)
-    thread.start()
-    events.use_loop(loop)
-    layer = get_channel_layer()
-    seen: list[tuple[str, dict]] = []
-
-    async def listen(channel: str) -> None:
-        while True:
-            message = await layer.receive(channel)
-            seen.append((message["event"], message["data"]))
-
-    async def subscribe() -> str:
-        channel = await layer.new_channel()
-        await layer.group_add(events.GROUP, channel)
-        return channel
-
-    channel = asyncio.run_coroutine_threadsafe(subscribe(), loop).result(5)
-    asyncio.run_coroutine_threadsafe(listen(channel), loop)
-    try:
-        yield EventLog(seen)
-    finally:
-        events.drain()
-
-        async def stop_tasks() -> None:
-            # The listener and the publisher's sender: ended here, not garbage-collected on a dead loop.
-            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop_tasks(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()

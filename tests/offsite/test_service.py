@@ -33,7 +33,8 @@ from backups.offsite.remote import fetch_service_document, referenced_objects
 from backups.retention.services import retention_apply
 from backups.runs.services import PREEMPTED, run_enqueue, run_request_cancel
 from backups.worker.loop import Worker
-from tests.offsite.conftest import EventLog, Service
+from tests.conftest import EventLog
+from tests.offsite.conftest import Service
 from tests.offsite.helpers import keys_under
 from tests.servers import make_backup, manage, server_env
 

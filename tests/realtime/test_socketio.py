@@ -310,3 +310,25 @@ async def test_an_idle_redis_layer_is_not_taken_for_an_outage(settings, make_tok
     finally:
         settings.CHANNEL_LAYERS = working
         channel_layers.backends.clear()
+
+
+async def test_the_open_packet_announces_a_ping_every_30_seconds(backup_root):
+    client = peer()
+    assert await client.open() == 200
+    assert client.open_packet["pingInterval"] == 30_000
+    assert client.open_packet["pingTimeout"] == 30_000
+    assert client.open_packet["upgrades"] == ["websocket"]
+
+
+async def test_a_failed_run_and_a_jobs_events_reach_a_subscriber_as_they_were_broadcast(
+    make_token, backup_root
+):
+    sio = await authenticated_peer(make_token)
+    await sio.emit("subscribe-backup-events")
+    assert await sio.next_event() == ("subscribed", {})
+    failed = {"run_id": "r2", "error": "pg_dump: connection refused", "exit_code": 1}
+    events.broadcast(events.BACKUP_ERROR, failed)
+    assert await sio.next_event() == ("backup-error", failed)
+    ended = {"run_id": "r3", "kind": "verify", "backup_id": "b1", "duration_seconds": 2.0}
+    events.broadcast(events.JOB_COMPLETED, ended)
+    assert await sio.next_event() == ("job-completed", ended)
