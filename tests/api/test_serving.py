@@ -384,6 +384,28 @@ def test_connections_that_do_not_finish_their_headers_are_closed(start_server, t
     assert get(server, "/health")[0] == 200
 
 
+def test_connections_beyond_the_cap_are_answered_503_and_the_server_recovers(start_server):
+    """MAX_CONNECTIONS bounds what one client can hold open; the ones over it are told at once."""
+    server = start_server(MAX_CONNECTIONS="8", HEADER_TIMEOUT_SECONDS="30")
+    held = []
+    for _ in range(12):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /health HTTP/1.1\r\n")  # headers never finished: the connection stays
+        held.append(sock)
+    time.sleep(0.5)
+    over = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    over.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    answer = over.recv(4096)
+    over.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    for sock in held:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while get(server, "/health")[0] != 200:
+        assert time.monotonic() < deadline, "the server did not recover once the connections closed"
+        time.sleep(0.1)
+
+
 # ------------------------------------------------------------------------------ forwarded headers
 
 
