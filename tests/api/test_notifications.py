@@ -105,3 +105,19 @@ def test_deliveries_are_listed_newest_first_paginated_and_filtered(api, channels
 def test_both_endpoints_need_the_super_admin_role(anonymous, backup_root):
     assert anonymous.get(DELIVERIES).status_code == 401
     assert anonymous.post(TEST).status_code == 401
+
+
+def test_the_webhook_secret_never_leaves_the_service(api, channels):
+    """Not in the config, the status, the deliveries, the audit, the test's answer, nor the request the
+    receiver gets (it gets the signature only)."""
+    key = SECRET.removeprefix("whsec_")
+    channels.script(Reply(500, body=b"down"))
+    answers = [api.post(TEST, {}, format="json")]
+    for path in ("/api/backup/config", "/api/backup/status", DELIVERIES, "/health", "/metrics"):
+        answers.append(api.get(path))
+    for answer in answers:
+        assert answer.status_code == 200, answer
+        assert SECRET not in answer.content.decode() and key not in answer.content.decode()
+    assert not [event for event in AuditEvent.objects.all() if key in str(event.details)]
+    for request in channels.requests:
+        assert key.encode() not in request.body and key not in str(request.headers)
