@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from asgiref.sync import async_to_sync
 from rest_framework.test import APIClient
 
 from backups.catalogue import sync
@@ -115,6 +116,21 @@ def django_db_modify_db_settings(tmp_path_factory) -> None:
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("sqlite3"):
         database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+def body_of(response) -> bytes:
+    """A response's body; a download's async stream read in one go. Through async_to_sync, so the
+    stream's thread-sensitive steps (its audit row at the end) run in this thread, on the test's own
+    database connection (another thread would wait for the test's open transaction)."""
+    if not getattr(response, "streaming", False):
+        return response.content
+    if not response.is_async:
+        return b"".join(response.streaming_content)
+
+    async def read() -> bytes:
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    return async_to_sync(read)()
 
 
 @dataclass

@@ -13,11 +13,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.http import StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
 
@@ -28,7 +26,7 @@ from backups.config.services import config_update
 from backups.download_links import signed_download_url
 from backups.models import Run, RunStatus
 from backups.runs.services import run_enqueue
-from tests.conftest import make_backup
+from tests.conftest import body_of, make_backup
 
 A, B = "backup-20260101_030000", "backup-20260102_030000"
 
@@ -51,15 +49,6 @@ def embedded_state(html: str) -> dict:
     match = re.search(r'<script id="dashboard-initial" type="application/json">(.*?)</script>', html, re.S)
     assert match, "the page embeds its initial state"
     return json.loads(match.group(1))
-
-
-def body_of(response: StreamingHttpResponse) -> bytes:
-    """The body of a download: an async stream (the ASGI server paces it), read here in one go."""
-
-    async def read() -> bytes:
-        return b"".join([chunk async for chunk in response.streaming_content])
-
-    return async_to_sync(read)()
 
 
 # --- the page ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from backups.catalogue import sync
 from backups.models import AuditEvent, Backup, Run, RunStatus
-from tests.conftest import make_backup
+from tests.conftest import body_of, make_backup
 
 pytestmark = pytest.mark.django_db
 
@@ -190,7 +190,7 @@ def test_download_streams_a_tar_of_the_folder_with_content_length(api, three):
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-tar"
     assert response["Content-Disposition"] == f'attachment; filename="{OLD}.tar"'
-    content = body(response)
+    content = body_of(response)
     assert int(response["Content-Length"]) == len(content)
     members = tar_members(content)
     assert {name: hashlib.sha256(data).hexdigest() for name, data in members.items()} == {
@@ -200,31 +200,19 @@ def test_download_streams_a_tar_of_the_folder_with_content_length(api, three):
     assert AuditEvent.objects.filter(action="backup.download", target=OLD).exists()
 
 
-async def _collect(response) -> bytes:
-    return b"".join([chunk async for chunk in response.streaming_content])
-
-
-def body(response) -> bytes:
-    if not getattr(response, "streaming", False):
-        return response.content
-    import asyncio
-
-    return asyncio.run(_collect(response))
-
-
 def test_download_one_file_with_range_etag_and_last_modified(api, three):
     (three / MID / "db.sql").write_bytes(bytes(range(256)) * 4)
     url = f"/api/backup/{MID}/download?file=db.sql"
     full = api.get(url)
-    assert full.status_code == 200 and body(full) == bytes(range(256)) * 4
+    assert full.status_code == 200 and body_of(full) == bytes(range(256)) * 4
     assert full["Accept-Ranges"] == "bytes" and full["ETag"] and full["Last-Modified"]
     part = api.get(url, HTTP_RANGE="bytes=10-19")
-    assert part.status_code == 206 and body(part) == bytes(range(10, 20))
+    assert part.status_code == 206 and body_of(part) == bytes(range(10, 20))
     assert part["Content-Range"] == "bytes 10-19/1024" and part["Content-Length"] == "10"
     suffix = api.get(url, HTTP_RANGE="bytes=-4")
-    assert suffix.status_code == 206 and body(suffix) == bytes(range(252, 256))
+    assert suffix.status_code == 206 and body_of(suffix) == bytes(range(252, 256))
     open_end = api.get(url, HTTP_RANGE="bytes=1020-")
-    assert body(open_end) == bytes(range(252, 256))
+    assert body_of(open_end) == bytes(range(252, 256))
     beyond = api.get(url, HTTP_RANGE="bytes=5000-6000")
     assert beyond.status_code == 416 and beyond["Content-Range"] == "bytes */1024"
     assert api.get(url, HTTP_IF_NONE_MATCH=full["ETag"]).status_code == 304

@@ -7,7 +7,6 @@ The long version against a real server is `benchmarks/fuzz_schema.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import re
@@ -26,7 +25,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from backups.config.document import default_document
-from tests.conftest import PROJECT, make_backup
+from tests.conftest import PROJECT, body_of, make_backup
 
 pytestmark = pytest.mark.django_db
 
@@ -128,7 +127,7 @@ def send(api, case: Any) -> tuple[Response, bytes]:
     body = prepared.body or b""
     content_type = prepared.headers.get("Content-Type") or "application/octet-stream"
     response = api.generic(prepared.method, path, data=body, content_type=content_type)
-    content = collect(response)
+    content = body_of(response)
     headers = {name.lower(): [value] for name, value in response.items()}
     wrapped = Response(
         status_code=response.status_code,
@@ -140,18 +139,6 @@ def send(api, case: Any) -> tuple[Response, bytes]:
         message=http.client.responses.get(response.status_code, ""),
     )
     return wrapped, content
-
-
-def collect(response: Any) -> bytes:
-    if not getattr(response, "streaming", False):
-        return response.content
-    if response.is_async:
-
-        async def gather() -> bytes:
-            return b"".join([chunk async for chunk in response.streaming_content])
-
-        return asyncio.run(gather())
-    return b"".join(response.streaming_content)
 
 
 def leaks(content: bytes, tmp_path: Path, backup_root: Path) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from backup_platform.asgi import application
-from tests.conftest import make_backup
+from tests.conftest import body_of, make_backup
 
 pytestmark = pytest.mark.django_db
 
@@ -55,12 +55,7 @@ def test_absurd_range_numbers_are_not_a_server_error(api, backup_root, header, s
     response = api.get(f"/api/backup/{BACKUP}/download?file=db.sql", HTTP_RANGE=header)
     assert response.status_code == status
     if content is not None:
-        import asyncio
-
-        async def collect() -> bytes:
-            return b"".join([chunk async for chunk in response.streaming_content])
-
-        assert asyncio.run(collect()) == content
+        assert body_of(response) == content
 
 
 def signed(settings, **claims) -> str:

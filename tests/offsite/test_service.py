@@ -33,7 +33,7 @@ from backups.offsite.remote import fetch_service_document, referenced_objects
 from backups.retention.services import retention_apply
 from backups.runs.services import PREEMPTED, run_enqueue, run_request_cancel
 from backups.worker.loop import Worker
-from tests.conftest import EventLog
+from tests.conftest import EventLog, body_of
 from tests.offsite.conftest import Service
 from tests.offsite.helpers import keys_under
 from tests.servers import make_backup, manage, server_env
@@ -85,17 +85,6 @@ def local_files(folder: Path) -> dict[str, bytes]:
 def tar_members(data: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
-
-
-def body(response) -> bytes:
-    if not getattr(response, "streaming", False):
-        return response.content
-    import asyncio
-
-    async def collect() -> bytes:
-        return b"".join([chunk async for chunk in response.streaming_content])
-
-    return asyncio.run(collect())
 
 
 def test_a_verified_backup_is_copied_off_site_by_the_automatic_step(service: Service, api, settings) -> None:
@@ -309,7 +298,7 @@ def test_a_backup_whose_folder_is_gone_downloads_from_its_copy_with_and_without_
     # Without the identity: the copy as the store holds it, which Debian's age decrypts.
     response = api.get(f"/api/backup/{run.backup_id}/download")
     assert response.status_code == 200 and response["X-Backup-Encrypted"] == "true"
-    data = body(response)
+    data = body_of(response)
     assert len(data) == int(response["Content-Length"])
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         archive.extractall(tmp_path / "export", filter="data")
@@ -334,11 +323,11 @@ def test_a_backup_whose_folder_is_gone_downloads_from_its_copy_with_and_without_
     settings.OFFSITE_IDENTITY_PATH = service.identity.key_file
     response = api.get(f"/api/backup/{run.backup_id}/download")
     assert response.status_code == 200 and response["X-Backup-Encrypted"] == "false"
-    data = body(response)
+    data = body_of(response)
     assert len(data) == int(response["Content-Length"])
     assert tar_members(data) == {f"{run.backup_id}/{rel}": content for rel, content in originals.items()}
     one = api.get(f"/api/backup/{run.backup_id}/download?file=configs/app.env")
-    assert one.status_code == 200 and body(one) == originals["configs/app.env"]
+    assert one.status_code == 200 and body_of(one) == originals["configs/app.env"]
     assert api.get(f"/api/backup/{run.backup_id}/download?file=nope").status_code == 404
     # What a restore of it reads: in the service, and in a job process given the params and secrets.
     with services.open_remote_file(backup_id=run.backup_id, rel_path="configs/app.env") as stream:
