@@ -127,3 +127,14 @@ def test_a_verify_job_says_its_progress_and_end_as_job_events_never_as_backup_ev
     assert api.post("/api/backup/create", {}, format="json").status_code == 202
     error = event_log.wait_for("job-error", lambda data: data["run_id"] == str(job.id))
     assert error == {"run_id": str(job.id), "error": PREEMPTED, "exit_code": None, "kind": "verify"}
+
+
+def test_a_verify_run_is_cancelled_through_the_runs_endpoint_and_frees_the_lane(api, backup_root):
+    make_backup(backup_root, "backup-20260101_030000", GOOD)
+    asked = api.post("/api/backup/backup-20260101_030000/verify", {"level": "deep"}, format="json")
+    run = asked.json()["run"]
+    assert api.post("/api/backup/create", {}, format="json").status_code == 409
+    cancelled = api.post(f"/api/backup/runs/{run['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert api.get("/api/backup/backup-20260101_030000").json()["verification"]["status"] == "never"
+    assert api.post("/api/backup/create", {}, format="json").status_code == 202
