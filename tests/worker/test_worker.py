@@ -292,12 +292,15 @@ def test_the_script_gets_the_contract_environment(worker, tmp_path, settings):
     out = tmp_path / "env.txt"
     settings.BACKUP_SCRIPT = script(tmp_path, f"env | grep ^BACKUP_ | sort > {out}\n")
     config_update(
-        document={"components": {"ssl": False}, "compression": False}, actor=Actor("t"), partial=True
+        document={"components": {"ssl": False}, "compression": False, "compressionLevel": 9},
+        actor=Actor("t"),
+        partial=True,
     )
     run = run_once(worker, description="with env")
     env = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert env["BACKUP_RUN_ID"] == str(run.id) and env["BACKUP_TYPE"] == "manual"
     assert env["BACKUP_DESCRIPTION"] == "with env" and env["BACKUP_COMPRESSION"] == "0"
+    assert env["BACKUP_COMPRESSION_LEVEL"] == "9"
     assert "ssl" not in env["BACKUP_COMPONENTS"].split(",") and "databases" in env["BACKUP_COMPONENTS"]
     assert Path(env["BACKUP_ROOT"]) == Path(settings.BACKUP_ROOT)
 
