@@ -3,6 +3,7 @@ the restore request."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework import serializers
@@ -10,6 +11,8 @@ from rest_framework import serializers
 from backups.api.serializers.common import StrictSerializer
 from backups.api.serializers.runs import StrictCharField
 from backups.restore.targets import KINDS, MEMBER_TYPES
+
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class DumpSerializer(serializers.Serializer):
@@ -77,6 +80,14 @@ class RestoreRequestSerializer(StrictSerializer):
         max_length=100,
         help_text="files only: restore only members under these prefixes",
     )
+
+    def validate_target(self, value: str) -> str:
+        # A name, never a URL or a path (and what was sent is not echoed: it may hold a password).
+        if not TARGET_NAME.fullmatch(value):
+            raise serializers.ValidationError(
+                "A target name (letters, digits, _ and -), not a URL or a path."
+            )
+        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
