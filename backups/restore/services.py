@@ -16,7 +16,7 @@ from django.db import transaction
 from backups.audit import Actor, audit, refuse
 from backups.catalogue.models import Backup, BackupStatus
 from backups.errors import Conflict, NotFound, ServiceError
-from backups.restore import targets
+from backups.restore import files, targets
 from backups.restore.contents import Contents, backup_contents
 from backups.restore.database import inspect_target
 from backups.restore.files import normalize_prefixes
@@ -192,3 +192,23 @@ def job_record(run: Run) -> None:
                 "error": str(result.get("error") or run.error or "")[:500],
             },
         )
+
+
+def remove_partial_folders() -> list[str]:
+    """Half-written folders (`*.partial`) an extraction killed mid-way (SIGKILL, a crash of the
+    machine) left in the restore directories: removed only while no restore run is active (a running
+    one owns its own)."""
+    if Run.objects.filter(kind=RunKind.RESTORE, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        return []
+    removed: list[str] = []
+    for name in sorted(settings.RESTORE_DIRECTORIES):
+        directory = targets.directory(name)
+        if directory is None or not directory.is_dir():
+            continue
+        try:
+            removed += [f"{name}:{folder}" for folder in files.remove_partial_folders(directory)]
+        except (OSError, files.ExtractionError) as error:
+            logger.warning("could not clean the restore directory %s: %s", name, error)
+    if removed:
+        logger.info("removed half-written restore folders", extra={"folders": removed})
+    return removed

@@ -311,3 +311,12 @@ def test_a_restore_an_admin_asked_for_makes_a_backup_request_wait(
     response = api.post("/api/backup/create", {}, format="json")
     assert response.status_code == 409 and response.json()["run"]["kind"] == "restore"
     assert api.post(f"/api/backup/{restored}/restore", body, format="json").status_code == 409
+
+
+def test_the_worker_removes_half_written_folders_a_killed_extraction_left(worker, staging: Path) -> None:
+    (staging / "backup-1-20260101_000000.partial" / "a").mkdir(parents=True)
+    (staging / "backup-1-20260101_000000.partial" / "a" / "f.txt").write_text("half\n")
+    (staging / "backup-1-20260101_000000").mkdir()
+    (staging / "someone-else.partial").write_text("a file, not a folder of ours\n")
+    worker.leftovers()
+    assert sorted(p.name for p in staging.iterdir()) == ["backup-1-20260101_000000", "someone-else.partial"]
