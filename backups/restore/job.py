@@ -6,6 +6,9 @@ the archive, as the backup lists it), `target` (its name), `dry_run`, and
   the same transaction as the restore). The target's URL comes in the environment (RESTORE_TARGET_URL).
 - for files: `directory` (the restore directory), `paths` (optional member prefixes),
   `max_total_bytes` (what the directory's disk can take).
+- for a backup whose folder is gone: `store` (the config's `offsite` section). Its files are then read
+  from the off-site copy, decrypted and checked against their sha256 as they stream; the store's
+  credentials and the age identity's path come in the environment.
 
 The result line holds `{"component", "target", "dryRun", "complete", ...}` with the restore's own
 document under `database` or `files`, and `error` when it did not succeed. A cancel (SIGTERM) rolls a
@@ -14,7 +17,9 @@ database restore back and removes a files restore's half-written folder; the res
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,12 +27,42 @@ from typing import Any, BinaryIO
 from backups.catalogue import scan
 from backups.catalogue.paths import BackupNotFound, CatalogueError, member_opener
 from backups.jobs.protocol import Reporter
+from backups.offsite import crypto, remote
+from backups.offsite.errors import OffsiteError
+from backups.offsite.store import Store, StoreSettings
 from backups.restore.contents import backup_contents
 from backups.restore.database import TargetNotEmpty, dry_run_database, restore_dump
 from backups.restore.files import ExtractionError, Limits, extract_archive, folder_name, plan_extraction
 from backups.verification.pg import PgError
 
 URL_ENV = "RESTORE_TARGET_URL"
+IDENTITY_ENV = "OFFSITE_IDENTITY_FILE"
+
+
+@contextlib.contextmanager
+def _local(root: Path, backup_id: str) -> Iterator[tuple[list[tuple[str, int]], Callable[[str], BinaryIO]]]:
+    listing = [(entry.path, entry.size_bytes) for entry in scan.scan_backup(root, backup_id).files]
+    with member_opener(root, backup_id) as open_file:
+        yield listing, open_file
+
+
+@contextlib.contextmanager
+def _remote(
+    section: dict[str, Any], backup_id: str
+) -> Iterator[tuple[list[tuple[str, int]], Callable[[str], BinaryIO]]]:
+    """The off-site copy's files: the listing from its manifest, each file a checked plaintext stream."""
+    client = Store(StoreSettings.from_config(section, os.environ))
+    identity_file = os.environ.get(IDENTITY_ENV)
+    identities = crypto.load_identities(identity_file) if identity_file else None
+    manifest = remote.fetch_manifest(client, backup_id, identities)
+    items = {item.path: item for item in manifest.files}
+
+    def open_file(path: str) -> BinaryIO:
+        if path not in items:
+            raise BackupNotFound("file not found")
+        return remote.open_remote_file(client, items[path], identities, encrypted=manifest.encrypted)
+
+    yield sorted((item.path, item.size) for item in manifest.files), open_file
 
 
 def run(params: dict[str, Any], reporter: Reporter) -> int:
@@ -40,9 +75,11 @@ def run(params: dict[str, Any], reporter: Reporter) -> int:
         "dryRun": bool(params.get("dry_run")),
         "complete": False,
     }
+    source = _remote(params["store"], backup_id) if params.get("store") else _local(root, backup_id)
+    if params.get("store"):
+        base["from_offsite_copy"] = True
     try:
-        listing = [(entry.path, entry.size_bytes) for entry in scan.scan_backup(root, backup_id).files]
-        with member_opener(root, backup_id) as open_file:
+        with source as (listing, open_file):
             contents = backup_contents(listing, open_file)
             try:
                 if component == "database":
@@ -55,6 +92,8 @@ def run(params: dict[str, Any], reporter: Reporter) -> int:
                 raise
     except (BackupNotFound, CatalogueError):
         document = {"error": f"{path} cannot be read from the backup folder"}
+    except OffsiteError as error:
+        document = {"error": f"the off-site copy cannot be read: {error.message}"}
     reporter.result({**base, **document})
     return 0
 

@@ -14,8 +14,10 @@ from django.conf import settings
 from django.db import transaction
 
 from backups.audit import Actor, audit, refuse
-from backups.catalogue.models import Backup, BackupStatus
+from backups.catalogue.models import Backup, BackupStatus, OffsiteStatus
 from backups.errors import Conflict, NotFound, ServiceError
+from backups.offsite import services as offsite
+from backups.offsite.store import validate_settings
 from backups.restore import files, targets
 from backups.restore.contents import Contents, backup_contents
 from backups.restore.database import inspect_target
@@ -61,7 +63,7 @@ def restore_request(*, backup_id: str, request: RestoreRequest, actor: Actor) ->
     again inside the restore's transaction."""
     backup = restorable_backup(backup_id)
     if not backup.local:
-        raise Conflict("This backup's folder is gone: only its off-site copy is left.")
+        _check_offsite_copy(backup)
     contents = contents_of(backup)
     kinds = targets.kinds_of(request.target)
     if not kinds:
@@ -106,6 +108,16 @@ def restore_request(*, backup_id: str, request: RestoreRequest, actor: Actor) ->
     )
 
 
+def _check_offsite_copy(backup: Backup) -> None:
+    """A backup whose folder is gone is restored from its off-site copy, read back with the age
+    identity (OFFSITE_IDENTITY_FILE) when it is encrypted."""
+    if backup.offsite_status != OffsiteStatus.OK:
+        raise Conflict("This backup's folder is gone and it has no complete off-site copy.")
+    problems = validate_settings(offsite.store_settings())
+    if problems:
+        raise Conflict("The off-site store cannot be read: " + " ".join(problems))
+
+
 def _check_database_target(backup: Backup, request: RestoreRequest, actor: Actor) -> bool:
     """True when the restore may replace what the target holds (the admin confirmed with the id)."""
     url = targets.database_url(request.target) or ""
@@ -142,6 +154,15 @@ def job_prepare(run: Run) -> tuple[dict[str, Any], dict[str, str]]:
         "dry_run": bool(request.get("dry_run")),
     }
     secrets: dict[str, str] = {}
+    backup = Backup.objects.filter(id=run.backup_id).first()
+    if backup is None:
+        raise ValueError("the backup is gone")
+    if not backup.local:
+        # Read from the off-site copy: the store's section in the arguments, its secrets in the environment.
+        params["store"] = offsite.store_section()
+        secrets.update(offsite.credentials())
+        if settings.OFFSITE_IDENTITY_PATH:
+            secrets[offsite.IDENTITY_ENV] = str(settings.OFFSITE_IDENTITY_PATH)
     if request["component"] == targets.DATABASE:
         url = targets.database_url(request["target"])
         if not url:
