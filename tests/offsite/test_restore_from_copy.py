@@ -1,6 +1,7 @@
 """A restore of a backup whose folder was removed after its off-site copy was made: the archive is read
 back from the store (decrypted with the age identity, checked against its sha256 as it streams) and
-extracted into a new folder, like a local one; without the identity the run fails saying why."""
+extracted into a new folder, like a local one; without the identity the run fails saying why. Its
+events are the jobs' (`job-progress`, `job-completed`, `job-error` with `kind: "restore"`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.offsite.conftest import Service
+from tests.offsite.conftest import EventLog, Service
 from tests.offsite.test_service import back_up, next_automatic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_an_archive_is_restored_from_the_off_site_copy_once_the_folder_is_gone(
-    service: Service, api, settings, tmp_path: Path
+    service: Service, api, settings, tmp_path: Path, event_log: EventLog
 ) -> None:
     run = back_up(service)
     assert next_automatic(service.worker).status == "succeeded"  # the off-site copy
@@ -40,6 +41,8 @@ def test_an_archive_is_restored_from_the_off_site_copy_once_the_folder_is_gone(
     assert failed["status"] == "failed" and "identity" in failed["error"]
     assert failed["result"]["complete"] is False
     assert list(staging.iterdir()) == []
+    error = event_log.wait_for("job-error", lambda data: data["run_id"] == failed["id"])
+    assert error["kind"] == "restore" and "identity" in error["error"]
 
     settings.OFFSITE_IDENTITY_PATH = service.identity.key_file
     response = api.post(f"/api/backup/{run.backup_id}/restore", body, format="json")
@@ -51,3 +54,8 @@ def test_an_archive_is_restored_from_the_off_site_copy_once_the_folder_is_gone(
     folder = staging / done["result"]["files"]["folder"]
     restored = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert restored == expected
+    progress = [d for d in event_log.of("job-progress") if d.get("run_id") == done["id"]]
+    assert progress and all(d["kind"] == "restore" for d in progress)
+    completed = event_log.wait_for("job-completed", lambda data: data["run_id"] == done["id"])
+    assert completed["kind"] == "restore" and completed["backup_id"] == run.backup_id
+    assert not [d for d in event_log.of("backup-progress") if d.get("run_id") == done["id"]]
