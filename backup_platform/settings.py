@@ -292,6 +292,49 @@ def check_private_file(name: str, raw: str) -> Path | None:
 
 
 OFFSITE_IDENTITY_PATH = check_private_file("OFFSITE_IDENTITY_FILE", OFFSITE_IDENTITY_FILE)
+
+
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def parse_named(name: str, raw: str, kind: str) -> dict[str, str]:
+    """`name=value,name2=value2` (RESTORE_TARGETS: PostgreSQL URLs; RESTORE_DIRECTORIES: absolute
+    paths). A malformed entry stops start-up naming the variable and the entry's name, never its URL
+    (which may hold a password)."""
+    named: dict[str, str] = {}
+    for position, entry in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not entry:
+            continue
+        label, sep, value = entry.partition("=")
+        label, value = label.strip(), value.strip()
+        if not sep or not _TARGET_NAME.fullmatch(label):
+            raise ImproperlyConfigured(
+                f"{name}: entry {position} must look like name=value, the name made of letters, digits, "
+                "_ and - (at most 64)"
+            )
+        if label in named:
+            raise ImproperlyConfigured(f"{name}: the name {label!r} is given twice")
+        if kind == "database":
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 - a bad port raises here
+            except ValueError:
+                raise ImproperlyConfigured(f"{name}: {label!r} is not a postgres:// URL") from None
+            if parts.scheme not in ("postgres", "postgresql") or not parts.path.strip("/"):
+                raise ImproperlyConfigured(
+                    f"{name}: {label!r} must be a postgres://user@host:port/database URL naming its database"
+                )
+        elif not value.startswith("/"):
+            raise ImproperlyConfigured(f"{name}: {label!r} must be an absolute path")
+        named[label] = value
+    return named
+
+
+# Where restores may write, by name: a request names a target, never a URL or a path.
+# RESTORE_TARGETS=staging=postgres://restorer:pw@db:5432/beauty_staging,scratch=postgres://…
+# RESTORE_DIRECTORIES=staging=/srv/restore
+RESTORE_TARGETS = parse_named("RESTORE_TARGETS", env("RESTORE_TARGETS"), "database")
+RESTORE_DIRECTORIES = parse_named("RESTORE_DIRECTORIES", env("RESTORE_DIRECTORIES"), "files")
 # Bytes per second an upload may read (0: as fast as the store takes them), so a nightly copy leaves
 # the server's uplink to the platform.
 OFFSITE_UPLOAD_BYTES_PER_SECOND = envint("OFFSITE_UPLOAD_BYTES_PER_SECOND", 0, minimum=0)
@@ -417,6 +460,8 @@ SPECTACULAR_SETTINGS = {
         "RunKindEnum": "backups.runs.models.RunKind",
         "VerificationStatusEnum": "backups.catalogue.models.VerificationStatus",
         "OffsiteStatusEnum": "backups.catalogue.models.OffsiteStatus",
+        "RestoreTargetKindEnum": "backups.restore.targets.KINDS",
+        "ArchiveMemberTypeEnum": "backups.restore.targets.MEMBER_TYPES",
     },
 }
 

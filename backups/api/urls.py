@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from backups.api.views import backups, config, logs, notifications, retention, runs, script, status
+from backups.api.views import backups, config, logs, notifications, restore, retention, runs, script, status
 
 backup_list = backups.BackupViewSet.as_view({"get": "list"})
 backup_detail = backups.BackupViewSet.as_view({"get": "retrieve", "delete": "destroy"})
@@ -35,6 +35,7 @@ urlpatterns = [
     ),
     re_path(r"^retention/preview/?$", retention.RetentionPreviewView.as_view(), name="retention-preview"),
     re_path(r"^retention/apply/?$", retention.RetentionApplyView.as_view(), name="retention-apply"),
+    re_path(r"^restore/targets/?$", restore.RestoreTargetsView.as_view(), name="restore-targets"),
     re_path(r"^runs/?$", run_list, name="run-list"),
     re_path(r"^runs/(?P<pk>[^/]+)/?$", run_detail, name="run-detail"),
     re_path(r"^runs/(?P<pk>[^/]+)/cancel/?$", run_cancel, name="run-cancel"),
@@ -42,6 +43,8 @@ urlpatterns = [
     re_path(r"^(?P<pk>[^/]+)/download-link/?$", backup_download_link, name="backup-download-link"),
     re_path(r"^(?P<pk>[^/]+)/verify/?$", backup_verify, name="backup-verify"),
     re_path(r"^(?P<pk>[^/]+)/offsite/?$", backup_offsite, name="backup-offsite"),
+    re_path(r"^(?P<pk>[^/]+)/contents/?$", restore.ContentsView.as_view(), name="backup-contents"),
+    re_path(r"^(?P<pk>[^/]+)/restore/?$", restore.RestoreView.as_view(), name="backup-restore"),
     re_path(r"^(?P<pk>[^/]+)/pin/?$", backup_pin, name="backup-pin"),
     re_path(r"^(?P<pk>[^/]+)/unpin/?$", backup_unpin, name="backup-unpin"),
     re_path(r"^(?P<pk>[^/]+)/?$", backup_detail, name="backup-detail"),

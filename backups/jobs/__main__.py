@@ -13,6 +13,7 @@ from backups.jobs.protocol import Reporter
 ENTRY_POINTS = {
     "verify": "backups.verification.job",
     "offsite": "backups.offsite.job",
+    "restore": "backups.restore.job",
 }
 
 

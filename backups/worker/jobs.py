@@ -17,6 +17,7 @@ from django.conf import settings
 from backups import events, runner
 from backups.jobs import protocol
 from backups.offsite import services as offsite
+from backups.restore import services as restore
 from backups.runs import outcome
 from backups.runs.models import Run, RunStatus
 from backups.runs.services import job_finish, run_set_process
@@ -50,6 +51,11 @@ KINDS: dict[str, JobKind] = {
     "offsite": JobKind(
         prepare=offsite.job_prepare,
         record=offsite.job_record,
+        timeout_seconds=lambda: settings.BACKUP_RUN_TIMEOUT,
+    ),
+    "restore": JobKind(
+        prepare=restore.job_prepare,
+        record=restore.job_record,
         timeout_seconds=lambda: settings.BACKUP_RUN_TIMEOUT,
     ),
 }

@@ -25,6 +25,7 @@ from backups.catalogue import removal, sync
 from backups.notifications.services import deliveries_release_claims
 from backups.notifications.step import notify_after_runs
 from backups.offsite.step import start_due_offsite
+from backups.restore.step import remove_partial_restores
 from backups.retention.step import apply_after_run, apply_daily
 from backups.runs.models import Duty, Run, RunKind, RunStatus
 from backups.runs.outcome import RunEnd
@@ -312,8 +313,9 @@ DUTIES: tuple[Callable[[], bool], ...] = (notify_after_runs, verify_new_backups,
 # Verification first: a backup is copied off site once its verification passed.
 AUTOMATIC_JOBS: tuple[Callable[[], bool], ...] = (start_due_verification, start_due_offsite)
 
+
 # What killed jobs may leave behind, cleaned once per lease when nothing of theirs still runs.
-LEFTOVERS: tuple[Callable[[], bool], ...] = (drop_scratch_leftovers,)
+LEFTOVERS: tuple[Callable[[], bool], ...] = (drop_scratch_leftovers, remove_partial_restores)
 
 # One pass of the loop. Duties come before the next queued run, as they did when they ran inline
 # after each run: a new backup never starts before the previous one was checked.

@@ -29,6 +29,9 @@ CONTRACT: dict[str, set[str]] = {
     "/api/backup/retention/preview": {"get", "post"},
     "/api/backup/retention/apply": {"post"},
     "/api/backup/<id>/offsite": {"post"},
+    "/api/backup/<id>/contents": {"get"},
+    "/api/backup/restore/targets": {"get"},
+    "/api/backup/<id>/restore": {"post"},
     "/api/schema/": {"get"},
     "/api/docs/": {"get"},
 }

@@ -1,11 +1,14 @@
 """A real headless Chromium against a real server (`manage.py serve` with the reference script): log in
 to the admin, back up from the live dashboard and watch it move without a reload, then delete the new
-backup from the admin and see its folder go. It screenshots the dashboard mid-run; with
+backup from the admin and see its folder go; restore an archive through the dashboard's dialog and
+find its folder on disk. It screenshots the dashboard mid-run; with
 SAVE_SCREENSHOT=1 the screenshot replaces docs/dashboard.png (the README's picture)."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,6 +239,83 @@ def test_the_dashboard_and_the_admin_preview_a_retention_policy_before_it_is_sav
         EC.text_to_be_present_in_element((By.ID, "retention-preview"), "Saving this deletes 4 backups")
     )
     assert "beyond daily 1" in browser.find_element(By.ID, "retention-preview").text
+    errors = [
+        entry["message"] for entry in browser.get_log("browser") if "favicon.ico" not in entry["message"]
+    ]
+    assert errors == []
+
+
+def _uploads_archive() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        for path, data in (("uploads/a.jpg", b"jpeg bytes\n"), ("uploads/b/c.png", b"png bytes\n")):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_restore_a_files_archive_from_the_dashboard_and_see_its_folder_on_disk(
+    start_server, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    name = time.strftime("backup-%Y%m%d_030000", time.localtime(time.time() - 86400))
+    make_backup(
+        tmp_path / "backups", name, {"images-uploads.tar.gz": _uploads_archive(), "beauty.sql": "-- dump\n"}
+    )
+    staging = tmp_path / "restore"
+    staging.mkdir()
+    server = start_server(RESTORE_DIRECTORIES=f"staging={staging}")
+    created = manage(
+        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        USERNAME,
+        "--email",
+        "root@example.org",
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
+    browser.find_element(By.NAME, "username").send_keys(USERNAME)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, f"tr[data-backup-id='{name}'] .rd-open"))).click()
+    wait.until(
+        EC.presence_of_element_located(
+            (By.CSS_SELECTOR, "#restore-what option[value='images-uploads.tar.gz']")
+        )
+    )
+    Select(browser.find_element(By.ID, "restore-what")).select_by_value("images-uploads.tar.gz")
+    assert [o.text for o in Select(browser.find_element(By.ID, "restore-target")).options] == ["staging"]
+    assert browser.find_element(By.ID, "restore-go").get_attribute("disabled") is not None
+    browser.find_element(By.ID, "restore-dry-run").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "restore-plan"), "Would create the folder"))
+    assert "with 2 files" in browser.find_element(By.ID, "restore-plan").text
+    assert list(staging.iterdir()) == []  # the dry run wrote nothing
+    confirm = browser.find_element(By.ID, "restore-confirm")
+    confirm.send_keys("backup-wrong")
+    assert browser.find_element(By.ID, "restore-go").get_attribute("disabled") is not None
+    confirm.clear()
+    confirm.send_keys(name)
+    wait.until(EC.element_to_be_clickable((By.ID, "restore-go"))).click()
+    wait.until(
+        EC.text_to_be_present_in_element((By.ID, "restore-status"), "Extracted 2 files into the folder")
+    )
+    [folder] = list(staging.iterdir())
+    assert (
+        folder.name.startswith(f"{name}-")
+        and folder.name in browser.find_element(By.ID, "restore-status").text
+    )
+    assert (folder / "uploads" / "a.jpg").read_bytes() == b"jpeg bytes\n"
+    assert (folder / "uploads" / "b" / "c.png").read_bytes() == b"png bytes\n"
+
+    # The admin's backup page opens the same dialog.
+    browser.get(f"{server.base}/admin/backups/backup/{name}/change/")
+    wait.until(EC.element_to_be_clickable((By.ID, "restore-open"))).click()
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#restore-what option[value='beauty.sql']")))
+    Select(browser.find_element(By.ID, "restore-what")).select_by_value("beauty.sql")
+    assert "No database target" in browser.find_element(By.ID, "restore-note").text
     errors = [
         entry["message"] for entry in browser.get_log("browser") if "favicon.ico" not in entry["message"]
     ]

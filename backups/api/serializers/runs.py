@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from backups.api.serializers.common import StrictSerializer
 from backups.runs.description import MAX_LENGTH, description_problem
-from backups.runs.models import Run, RunType
+from backups.runs.models import Run, RunKind, RunType
 from backups.runs.selectors import eta_seconds
 
 
@@ -24,6 +24,7 @@ class RunSerializer(serializers.ModelSerializer):
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
     progress = serializers.SerializerMethodField()
     backup_id = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -45,12 +46,23 @@ class RunSerializer(serializers.ModelSerializer):
             "cancel_requested",
             "output_lines",
             "automatic",
+            "result",
         ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_backup_id(self, run: Run) -> str | None:
         return run.backup_id or None
+
+    @extend_schema_field(
+        serializers.DictField(
+            allow_null=True,
+            help_text="a restore run's outcome: what it wrote, or for a dry run what it would write "
+            "(null for the other kinds)",
+        )
+    )
+    def get_result(self, run: Run) -> dict[str, Any] | None:
+        return run.result if run.kind == RunKind.RESTORE else None
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, run: Run) -> dict[str, Any]:
