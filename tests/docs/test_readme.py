@@ -69,7 +69,7 @@ def test_every_line_of_the_readme_api_block_works_when_pasted(start_server, tmp_
     assert commands[0].startswith("T=$("), "the block starts by making a token"
     lines = [f"T='{token}'"]
     # The status of every curl call, on stderr (10 s cap per call so a hang fails the test, not CI).
-    lines.append("curl() { command curl --max-time 10 -w '%{stderr}" + STATUS + " %{http_code}\\n' \"$@\"; }")
+    lines.append("curl() { command curl --max-time 10 -w '%{stderr}" + STATUS + ' %{http_code}\\n\' "$@"; }')
     for index, command in enumerate(commands[1:], start=1):
         lines.append(command.replace(README_BASE, server.base))
         lines.append(f'echo "{EXIT} {index} $?" >&2')
