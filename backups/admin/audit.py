@@ -42,9 +42,10 @@ class AuditEventAdmin(SuperuserReadOnlyAdmin):
         text = ", ".join(
             f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
             for key, value in details.items()
+            if value not in ("", None, [], {})  # an empty `error:` says nothing
         )
         if len(text) <= DETAILS_SHOWN:
-            return text
+            return text or "—"
         return format_html('<span title="{}">{}…</span>', text[:2000], text[: DETAILS_SHOWN - 1])
 
     @admin.display(description="Outcome", ordering="outcome")
