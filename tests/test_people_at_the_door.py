@@ -1,6 +1,6 @@
-"""What a person meets first: the docs and the browsable API send a browser without a login to the admin
-login (and back), while API clients keep their JSON 401; the `make run` banner prints a token that works
-when pasted whole, and says where the admin password is kept."""
+"""What a person meets first, beside the login redirect of tests/test_dashboard.py: API clients keep
+their JSON 401 whatever their Accept says, and the `make run` banner prints a token that works when
+pasted whole and says where the admin password is kept."""
 
 from __future__ import annotations
 
@@ -17,16 +17,6 @@ from backups.auth import verify_token
 pytestmark = pytest.mark.django_db
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-
-
-@pytest.mark.parametrize("path", ["/api/docs/", "/api/backup/status", "/api/backup/list?page_size=5"])
-def test_a_browser_without_a_login_is_sent_to_the_admin_login_and_back(path: str, backup_root) -> None:
-    response = Client().get(path, HTTP_ACCEPT=BROWSER_ACCEPT)
-    assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/?next=")
-    back = Client().get(response["Location"])
-    assert back.status_code == 200 and 'name="next"' in back.content.decode()
-    assert path.split("?")[0] in back.content.decode()
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.paths import CatalogueError, disk_usage
 from backups.config.selectors import config_current
 from backups.config.warnings import config_warnings
@@ -98,12 +99,20 @@ def notices() -> list[dict[str, Any]]:
     document = config_current()
     stale_hours = document["notifications"]["staleAfterHours"] or 26
     success = last_successful_run()
-    if success is None or success.finished_at < timezone.now() - timedelta(hours=stale_hours):
+    # A backup made outside the service (cron, by hand) counts too: its folder is as good as a run's.
+    newest = (
+        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    moments = [moment for moment in (success and success.finished_at, newest) if moment]
+    if not moments or max(moments) < timezone.now() - timedelta(hours=stale_hours):
         found.append(
             Notice(
                 "warning",
                 f"No backup has succeeded in the last {stale_hours} h."
-                if success
+                if moments
                 else "No backup has succeeded yet.",
                 "Start one now, and check the schedule and the last runs.",
             )
