@@ -104,3 +104,12 @@ def test_every_line_of_the_readme_api_block_works_when_pasted(start_server, tmp_
     tars = list(work.glob("backup-*.tar"))
     assert len(tars) == 1 and tars[0].stat().st_size > 0, list(work.iterdir())
     assert '"schedule"' in (work / "config.json").read_text()
+
+
+def test_every_make_target_and_benchmark_the_readme_names_exists() -> None:
+    text = README.read_text()
+    targets = set(re.findall(r"^([a-z][a-z.-]*):", (PROJECT / "Makefile").read_text(), flags=re.M))
+    for target in set(re.findall(r"\bmake ([a-z][a-z-]*)", text)):
+        assert target in targets, f"make {target}"
+    for script in set(re.findall(r"benchmarks/[a-z_]+\.py", text)):
+        assert (PROJECT / script).is_file(), script
