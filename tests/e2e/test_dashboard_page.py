@@ -117,6 +117,8 @@ def test_the_dashboard_tells_what_the_backups_and_the_last_run_are(
     assert empty.find_elements(By.CSS_SELECTOR, "a[data-download]") == []
     assert row_of(browser, good).find_elements(By.CSS_SELECTOR, "a[data-download]")
     assert browser.find_element(By.ID, "stat-state").get_attribute("data-level") == "bad"
+    assert "exit code 1" in browser.find_element(By.ID, "stat-state-sub").text
+    browser.save_screenshot(str(tmp_path / "dashboard-failed.png"))
 
     # A person cancels a running backup: the page names them, not the script's reaction to the signal.
     time.sleep(1.1)
