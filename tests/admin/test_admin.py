@@ -658,7 +658,7 @@ def test_the_backup_list_shows_each_description(admin_client: Client, two_backup
     html = admin_client.get(reverse("admin:backups_backup_changelist")).content.decode()
     assert "<th" in html and "Description" in html
     assert '<td class="field-short_description">before the release</td>' in html
-    assert f'title="{"x" * 200}"' in html and "x" * 59 + "…" in html
+    assert f'title="{"x" * 200}"' in html and "x" * 39 + "…" in html
 
 
 def test_the_audit_list_shows_seconds_and_details(admin_client: Client, backup_root: Path) -> None:
