@@ -335,3 +335,26 @@ def test_the_health_banner_says_what_is_wrong_and_what_to_do(admin_client, backu
     messages = [notice["message"] for notice in status["notices"]]
     assert any("No backup worker" in m for m in messages) and status["notices"][0]["level"] == "error"
     assert all(notice["action"] for notice in status["notices"])
+
+
+def test_a_recent_backup_made_outside_the_service_is_not_reported_stale(admin_client, backup_root):
+    make_backup(backup_root, "backup-20990101_030000")  # "now or later": made by cron, no run of ours
+    sync.sync()
+    notices = admin_client.get("/api/backup/status").json()["notices"]
+    assert not any("has succeeded" in notice["message"] for notice in notices), notices
+
+
+def test_an_old_backup_made_outside_the_service_is_reported_stale_not_missing(admin_client, backup_root):
+    make_backup(backup_root, "backup-20200101_030000", mtime=1577847600)
+    sync.sync()
+    messages = [notice["message"] for notice in admin_client.get("/api/backup/status").json()["notices"]]
+    assert "No backup has succeeded in the last 26 h." in messages, messages
+
+
+def test_a_cancel_by_a_person_is_a_warning_that_names_them(admin_client, backup_root):
+    run = run_enqueue(actor=Actor("tester"))
+    admin_client.post(f"/api/backup/runs/{run.id}/cancel", content_type="application/json")
+    notices = admin_client.get("/api/backup/status").json()["notices"]
+    cancelled = [notice for notice in notices if "cancelled" in notice["message"]]
+    assert cancelled and cancelled[0]["level"] == "warning", notices
+    assert cancelled[0]["message"] == "The last backup run was cancelled by admin; no backup was made by it."

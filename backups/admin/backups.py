@@ -15,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from backups.admin.site import FLAG_HTML, SuperuserReadOnlyAdmin, badge
@@ -29,6 +30,7 @@ from backups.runs.selectors import current_run
 from backups.verification.services import verification_request
 
 FILES_SHOWN = 500
+DESCRIPTION_SHOWN = 40
 
 
 def _delete_refusals(backups: list[Backup]) -> dict[str, str]:
@@ -48,13 +50,13 @@ def _delete_refusals(backups: list[Backup]) -> dict[str, str]:
 class BackupAdmin(SuperuserReadOnlyAdmin):
     list_display = (
         "id",
-        "created_at",
+        "created",
         "status_badge",
         "size",
         "type",
+        "short_description",
         "started_by",
         "flags",
-        "offsite_badge",
     )
     list_filter = (
         "status",
@@ -134,9 +136,13 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
     ) -> HttpResponse:
         backup = self.get_object(request, unquote(object_id))
         context = {**(extra_context or {})}
-        if backup is not None and backup.status != "running":
-            context["download_url"] = signed_download_url(backup.id, request.user)
-            context["verify_url"] = reverse("admin:backups_backup_verify", args=[quote(backup.id)])
+        if backup is not None:
+            quoted = quote(backup.id)
+            context["pin_url"] = reverse("admin:backups_backup_pin", args=[quoted])
+            context["delete_url"] = reverse("admin:backups_backup_delete_one", args=[quoted])
+            if backup.status != "running":
+                context["download_url"] = signed_download_url(backup.id, request.user)
+                context["verify_url"] = reverse("admin:backups_backup_verify", args=[quoted])
         return super().change_view(request, object_id, form_url, context)
 
     def get_urls(self) -> list[URLPattern]:
@@ -152,8 +158,88 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
                 self.admin_site.admin_view(self.offsite_view),
                 name="backups_backup_offsite",
             ),
+            path(
+                "<path:object_id>/pin/",
+                self.admin_site.admin_view(self.pin_view),
+                name="backups_backup_pin",
+            ),
+            path(
+                "<path:object_id>/delete-backup/",
+                self.admin_site.admin_view(self.delete_one_view),
+                name="backups_backup_delete_one",
+            ),
+            path(
+                "<path:object_id>/file/",
+                self.admin_site.admin_view(self.file_view),
+                name="backups_backup_file",
+            ),
             *super().get_urls(),
         ]
+
+    def pin_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Pin or unpin (`pinned=1|0`): the same service as `POST /api/backup/<id>/pin` and `/unpin`."""
+        if not self.has_view_permission(request) or request.method != "POST":
+            raise PermissionDenied
+        backup_id = unquote(object_id)
+        pinned = request.POST.get("pinned") == "1"
+        try:
+            backup_set_pinned(backup_id=backup_id, pinned=pinned, actor=Actor.from_request(request))
+        except ServiceError as error:
+            self.message_user(request, error.message, messages.ERROR)
+        else:
+            verb = "Pinned" if pinned else "Unpinned"
+            what = "retention and delete keep it" if pinned else "retention may delete it again"
+            self.message_user(request, f"{verb} {backup_id}: {what}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:backups_backup_change", args=[quote(backup_id)]))
+
+    def delete_one_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Delete this one backup after a confirmation: the same service as `DELETE /api/backup/<id>`."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        backup_id = unquote(object_id)
+        change_url = reverse("admin:backups_backup_change", args=[quote(backup_id)])
+        backup = Backup.objects.defer("files").filter(id=backup_id).first()
+        refusal = _delete_refusals([backup]).get(backup_id) if backup is not None else "Backup not found."
+        if refusal:
+            self.message_user(request, f"{backup_id} cannot be deleted. {refusal}", messages.ERROR)
+            return HttpResponseRedirect(change_url if backup is not None else self._changelist_url())
+        if request.method == "POST":
+            try:
+                backup_delete(backup_id=backup_id, actor=Actor.from_request(request))
+            except ServiceError as error:
+                self.message_user(request, f"{backup_id}: {error.message}", messages.ERROR)
+                return HttpResponseRedirect(change_url)
+            self.message_user(request, f"Deleted {backup_id}.", messages.SUCCESS)
+            return HttpResponseRedirect(self._changelist_url())
+        latest = " It is the latest backup: `latest` moves to the newest completed one left."
+        if not backup.is_latest:
+            latest = ""
+        return TemplateResponse(
+            request,
+            "admin/backups/confirm.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": f"Delete {backup_id}?",
+                "submit_label": "Yes, delete its folder",
+                "danger": True,
+                "question": f"The folder {backup_id} ({filesizeformat(backup.size_bytes)}, "
+                f"{backup.file_count} files) is removed from the backup root. This cannot be undone.{latest}",
+            },
+        )
+
+    def file_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """One file of the backup (`?path=`): a freshly signed link for this user, followed at once. The
+        download endpoint checks the path beneath the folder as it does for `?file=`."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rel_path = request.GET.get("path", "")
+        if not rel_path:
+            raise PermissionDenied
+        return HttpResponseRedirect(signed_download_url(unquote(object_id), request.user, rel_path))
+
+    def _changelist_url(self) -> str:
+        return reverse("admin:backups_backup_changelist")
 
     def offsite_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """ "Copy off-site now": the same service as `POST /api/backup/<id>/offsite`."""
@@ -274,6 +360,18 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             else "",
         )
 
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, backup: Backup) -> str:
+        # Compact, to the minute, in the server's zone: the list stays within a laptop's width.
+        return f"{timezone.localtime(backup.created_at):%Y-%m-%d %H:%M}"
+
+    @admin.display(description="Description", ordering="description")
+    def short_description(self, backup: Backup) -> str:
+        text = backup.description or ""
+        if len(text) <= DESCRIPTION_SHOWN:
+            return text or "—"
+        return format_html('<span title="{}">{}…</span>', text, text[: DESCRIPTION_SHOWN - 1])
+
     @admin.display(description="Status", ordering="status")
     def status_badge(self, backup: Backup) -> SafeString:
         return badge(backup.status)
@@ -301,12 +399,16 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
         flags = format_html_join(" ", FLAG_HTML, ((name,) for name in names))
         if backup.verification_status == "failed":
             flags = format_html("{} {}", flags, badge("verification failed", colour="failed"))
+        # The off-site copy shares the column (its own filter is beside the list): the list stays
+        # within a laptop's width with the Download link in view.
+        if backup.offsite_status != "none" or not backup.local:
+            flags = format_html("{} {}", flags, self.offsite_badge(backup))
         return flags or "—"
 
     @admin.display(description="Off-site", ordering="offsite_status")
     def offsite_badge(self, backup: Backup) -> SafeString:
         if backup.local:
-            return badge(backup.offsite_status)
+            return badge(f"off-site {backup.offsite_status}", colour=backup.offsite_status)
         return format_html("{} {}", badge(backup.offsite_status), format_html(FLAG_HTML, "only off site"))
 
     @admin.display(description="Copied at")
@@ -336,10 +438,23 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
     @admin.display(description="Files")
     def files_table(self, backup: Backup) -> str:
         files = backup.files or []
+        file_url = reverse("admin:backups_backup_file", args=[quote(backup.id)])
+        downloadable = backup.status != "running" and backup.local
         rows = format_html_join(
             "",
-            "<tr><td><code>{}</code></td><td>{}</td></tr>",
-            ((f["path"], filesizeformat(f["size_bytes"])) for f in files[:FILES_SHOWN]),
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f["path"],
+                    filesizeformat(f["size_bytes"]),
+                    format_html(
+                        '<a href="{}?{}" download>Download</a>', file_url, urlencode({"path": f["path"]})
+                    )
+                    if downloadable
+                    else "",
+                )
+                for f in files[:FILES_SHOWN]
+            ),
         )
         more = (
             format_html("<p>… and {} more files.</p>", len(files) - FILES_SHOWN)
@@ -347,7 +462,10 @@ class BackupAdmin(SuperuserReadOnlyAdmin):
             else ""
         )
         return format_html(
-            "<table><thead><tr><th>Path</th><th>Size</th></tr></thead><tbody>{}</tbody></table>{}", rows, more
+            '<table id="backup-files"><thead><tr><th>Path</th><th>Size</th><th></th></tr></thead>'
+            "<tbody>{}</tbody></table>{}",
+            rows,
+            more,
         )
 
     @admin.action(description="Delete selected backups (their folders on disk)")

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -39,6 +40,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             f"{reverse('admin:login')}?{urlencode({'next': request.get_full_path()})}"
         )
     response = drf_exception_handler(exc, context)
+    if request is not None and request.headers.get("Authorization"):
+        # A client that sent credentials is a program, whatever its Accept says: its error is JSON,
+        # never the browsable API's page.
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
     if request is not None and isinstance(
         exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed, exceptions.PermissionDenied)
     ):

@@ -31,6 +31,7 @@ class Circumstances:
     script_dir: str = ""
     subject: str = "script"  # what ran: "script", or "job" for runs of the other kinds
     backup_root: str = ""
+    cancelled_by: str = ""  # who asked for the cancel, when a person did
 
 
 # An absolute path: a "/" at the start or after a space, a quote, a bracket, "=" or ","; it runs until a
@@ -71,7 +72,10 @@ def _outcome(result: RunResult, facts: Circumstances, *, output: str, output_lin
     if result.reason == EndReason.EXITED and result.exit_code == 0:
         return RunEnd(SUCCEEDED, 0, "", output, output_lines)
     if result.reason == EndReason.CANCELLED:
-        why = f"Cancelled: the {facts.subject}'s processes were ended."
+        # Who asked, not the script's own last words ("Interrupted by SIGTERM"): the group was ended on
+        # that request.
+        who = f" by {facts.cancelled_by}" if facts.cancelled_by else ""
+        why = f"Cancelled{who}: the {facts.subject}'s processes were ended."
         return RunEnd(CANCELLED, result.exit_code, why, output, output_lines)
     if result.reason == EndReason.SHUTDOWN:
         # Only a worker that lost its lease ends a script this way; a stopping service leaves it running.

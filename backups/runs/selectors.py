@@ -6,6 +6,7 @@ import uuid
 
 from django.db.models import QuerySet
 
+from backups.audit import AuditEvent
 from backups.errors import NotFound
 from backups.runs import progress
 from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunKind, RunStatus
@@ -29,6 +30,17 @@ def last_successful_run() -> Run | None:
 
 def last_run() -> Run | None:
     return Run.objects.defer("output").order_by("-created_at").first()
+
+
+def cancelled_by(run_id: uuid.UUID | str) -> str:
+    """Who asked to cancel the run (the audit row of the request), or "" when nobody did."""
+    return (
+        AuditEvent.objects.filter(action="run.cancel", target=str(run_id), outcome="ok")
+        .order_by("-created_at")
+        .values_list("actor", flat=True)
+        .first()
+        or ""
+    )
 
 
 def expected_duration() -> float | None:

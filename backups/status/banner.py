@@ -12,11 +12,12 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.paths import CatalogueError, disk_usage
 from backups.config.selectors import config_current
 from backups.config.warnings import config_warnings
 from backups.runs.models import Run, RunKind, RunStatus
-from backups.runs.selectors import last_successful_run
+from backups.runs.selectors import cancelled_by, last_successful_run
 from backups.status.script import script_available
 from backups.worker.lease import worker_last_seen_seconds
 
@@ -75,22 +76,43 @@ def notices() -> list[dict[str, Any]]:
         .first()
     )
     if last is not None and last.status != RunStatus.SUCCEEDED:
-        found.append(
-            Notice(
-                "error",
-                f"The last backup run {last.status}: {(last.error or last.status).splitlines()[0][:200]}",
-                "Read its log (Runs in the admin, or /api/backup/logs?source=run&run=<id>) and run it again.",
+        who = cancelled_by(last.id) if last.status == RunStatus.CANCELLED else ""
+        if who:
+            # A person's decision, not a fault: said, but not as an error.
+            found.append(
+                Notice(
+                    "warning",
+                    f"The last backup run was cancelled by {who}; no backup was made by it.",
+                    "Start one with “Back up now” when it suits.",
+                )
             )
-        )
+        else:
+            verb = "failed" if last.status == RunStatus.FAILED else f"was {last.status}"
+            found.append(
+                Notice(
+                    "error",
+                    f"The last backup run {verb}: {(last.error or last.status).splitlines()[0][:200]}",
+                    f"Read its log (Runs in the admin, or /api/backup/logs?source=run&run={last.id}) "
+                    "and run it again.",
+                )
+            )
     document = config_current()
     stale_hours = document["notifications"]["staleAfterHours"] or 26
     success = last_successful_run()
-    if success is None or success.finished_at < timezone.now() - timedelta(hours=stale_hours):
+    # A backup made outside the service (cron, by hand) counts too: its folder is as good as a run's.
+    newest = (
+        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    moments = [moment for moment in (success and success.finished_at, newest) if moment]
+    if not moments or max(moments) < timezone.now() - timedelta(hours=stale_hours):
         found.append(
             Notice(
                 "warning",
                 f"No backup has succeeded in the last {stale_hours} h."
-                if success
+                if moments
                 else "No backup has succeeded yet.",
                 "Start one now, and check the schedule and the last runs.",
             )

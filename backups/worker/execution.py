@@ -26,7 +26,7 @@ from backups.config import document as config_document
 from backups.config.selectors import config_current
 from backups.runs import outcome, progress
 from backups.runs.models import Run, RunStatus
-from backups.runs.selectors import expected_duration
+from backups.runs.selectors import cancelled_by, expected_duration
 from backups.runs.services import run_save_progress, run_set_backup, run_set_process
 from backups.worker.following import Following
 
@@ -134,15 +134,16 @@ class RunExecution(Following):
                 timeout_seconds=settings.BACKUP_RUN_TIMEOUT,
                 script_dir=str(Path(settings.BACKUP_SCRIPT).parent),
                 backup_root=str(self.root),
+                cancelled_by=cancelled_by(self.run.id) if result.reason == runner.EndReason.CANCELLED else "",
             ),
             output=self.output_text(),
             output_lines=self.output.total_lines,
         )
         final = self.tracker.finish(end.status == RunStatus.SUCCEEDED)
         stage = final.stage if end.status in (RunStatus.SUCCEEDED, RunStatus.FAILED) else end.status
-        run = self.worker.finish(
-            self.run, end, max(final.percent, self.floor_percent), stage, self.public(final.message)
-        )
+        # A cancelled script's last line is its reaction to the signal; the message says who ended it.
+        message = end.error if end.status == RunStatus.CANCELLED else self.public(final.message)
+        run = self.worker.finish(self.run, end, max(final.percent, self.floor_percent), stage, message)
         if run.status != RunStatus.RUNNING:  # recorded: the supervisor's files are not needed any more
             runner.cleanup(settings.BACKUP_STATE_DIR, str(run.id))
         return run

@@ -20,6 +20,7 @@ from backups.offsite import services as offsite
 from backups.restore import services as restore
 from backups.runs import outcome
 from backups.runs.models import Run, RunStatus
+from backups.runs.selectors import cancelled_by
 from backups.runs.services import job_finish, run_set_process
 from backups.verification import services as verification
 from backups.worker.following import Following
@@ -131,6 +132,7 @@ class JobExecution(Following):
         if result.reason == runner.EndReason.EXITED and result.exit_code == 0 and "error" in self.result:
             status, error = RunStatus.FAILED, str(self.result["error"])
         else:
+            who = cancelled_by(self.run.id) if result.reason == runner.EndReason.CANCELLED else ""
             end = outcome.outcome(
                 result,
                 outcome.Circumstances(
@@ -138,6 +140,7 @@ class JobExecution(Following):
                     lease_lost=self.lease_lost,
                     timeout_seconds=self.kind.timeout_seconds(),
                     subject="job",
+                    cancelled_by=who,
                 ),
                 output="",
                 output_lines=0,
@@ -151,7 +154,7 @@ class JobExecution(Following):
             end=end,
             percent=self.percent,
             stage="completed" if status == RunStatus.SUCCEEDED else status,
-            message=self.message,
+            message=error if status == RunStatus.CANCELLED else self.message,
             result=self.result,
             record=self.kind.record,
         )

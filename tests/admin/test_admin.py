@@ -18,6 +18,7 @@ from backups.audit import Actor, audit
 from backups.catalogue import latest, sync
 from backups.config.document import default_document
 from backups.models import AuditEvent, Backup, BackupConfig, Run, RunStatus
+from tests.api.test_backups import body
 from tests.conftest import make_backup
 
 pytestmark = pytest.mark.django_db
@@ -580,3 +581,94 @@ def test_deliveries_are_listed_read_only_with_their_attempts(admin_client: Clien
     )
     assert admin_client.get(reverse("admin:backups_delivery_add")).status_code == 403
     assert admin_client.post(reverse("admin:backups_delivery_delete", args=[delivery.pk])).status_code == 403
+
+
+# --- the backup page's own buttons ------------------------------------------------------------------------
+
+
+def test_each_file_of_a_backup_downloads_from_its_page(
+    admin_client: Client, client: Client, two_backups: Path
+) -> None:
+    page = admin_client.get(reverse("admin:backups_backup_change", args=[quote(OLD)])).content.decode()
+    file_url = reverse("admin:backups_backup_file", args=[quote(OLD)]) + "?path=configs%2Fapp.env"
+    assert f'href="{file_url}"' in page.replace("&amp;", "&")
+    redirect = admin_client.get(file_url)
+    assert redirect.status_code == 302
+    assert redirect["Location"].startswith(f"/api/backup/{OLD}/download?")
+    response = client.get(redirect["Location"])  # the signed link alone, as the browser follows it
+    assert response.status_code == 200
+    assert body(response) == b"A=1\n"
+    # A path outside the folder is signed, but opens nothing.
+    outside = admin_client.get(reverse("admin:backups_backup_file", args=[quote(OLD)]) + "?path=../" + NEW)
+    assert client.get(outside["Location"]).status_code == 404
+
+
+def test_pin_and_unpin_from_the_backup_page_go_through_the_service(
+    admin_client: Client, two_backups: Path
+) -> None:
+    change_url = reverse("admin:backups_backup_change", args=[quote(OLD)])
+    pin_url = reverse("admin:backups_backup_pin", args=[quote(OLD)])
+    assert 'id="pin-backup"' in admin_client.get(change_url).content.decode()
+    response = admin_client.post(pin_url, {"pinned": "1"})
+    assert response.status_code == 302 and response["Location"] == change_url
+    assert Backup.objects.get(id=OLD).pinned
+    page = admin_client.get(change_url).content.decode()
+    assert 'id="unpin-backup"' in page and 'id="delete-backup"' not in page  # pinned: no delete offered
+    admin_client.post(pin_url, {"pinned": "0"})
+    assert not Backup.objects.get(id=OLD).pinned
+    assert list(AuditEvent.objects.filter(target=OLD).values_list("action", "actor").order_by("id")) == [
+        ("backup.pin", "admin"),
+        ("backup.unpin", "admin"),
+    ]
+    assert admin_client.get(pin_url).status_code == 403  # a GET changes nothing
+
+
+def test_delete_from_the_backup_page_asks_then_removes_the_folder(
+    admin_client: Client, two_backups: Path
+) -> None:
+    delete_url = reverse("admin:backups_backup_delete_one", args=[quote(NEW)])
+    assert (
+        f'href="{delete_url}"'
+        in admin_client.get(reverse("admin:backups_backup_change", args=[quote(NEW)])).content.decode()
+    )
+    confirm = admin_client.get(delete_url)
+    assert confirm.status_code == 200
+    assert "cannot be undone" in confirm.content.decode() and "latest" in confirm.content.decode()
+    assert (two_backups / NEW).is_dir()
+    response = admin_client.post(delete_url)
+    assert response.status_code == 302 and response["Location"] == reverse("admin:backups_backup_changelist")
+    assert not (two_backups / NEW).exists()
+    assert latest.read_latest(two_backups) == OLD
+    assert AuditEvent.objects.filter(action="backup.delete", target=NEW, actor="admin", outcome="ok").exists()
+
+
+def test_delete_from_the_backup_page_of_a_pinned_backup_is_refused(
+    admin_client: Client, two_backups: Path
+) -> None:
+    Backup.objects.filter(id=OLD).update(pinned=True)
+    response = admin_client.post(reverse("admin:backups_backup_delete_one", args=[quote(OLD)]))
+    assert response.status_code == 302
+    assert (two_backups / OLD).is_dir()
+    assert any("pinned" in message for message in messages_of(response))
+
+
+def test_the_backup_list_shows_each_description(admin_client: Client, two_backups: Path) -> None:
+    Backup.objects.filter(id=OLD).update(description="before the release")
+    Backup.objects.filter(id=NEW).update(description="x" * 200)
+    html = admin_client.get(reverse("admin:backups_backup_changelist")).content.decode()
+    assert "<th" in html and "Description" in html
+    assert '<td class="field-short_description">before the release</td>' in html
+    assert f'title="{"x" * 200}"' in html and "x" * 39 + "…" in html
+
+
+def test_the_audit_list_shows_seconds_and_details(admin_client: Client, backup_root: Path) -> None:
+    audit(
+        "retention.delete",
+        actor=Actor("retention"),
+        target=OLD,
+        details={"reason": "beyond daily 7", "policy": {"daily": 7}},
+    )
+    html = admin_client.get(reverse("admin:backups_auditevent_changelist")).content.decode()
+    when = r'class="field-when[^"]*">(?:<a [^>]*>)?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+<'
+    assert re.search(when, html), html[-3000:]
+    assert 'reason: beyond daily 7, policy: {"daily": 7}' in html.replace("&quot;", '"')

@@ -196,6 +196,26 @@ echo "[1/3] working"; sleep 300
     assert Backup.objects.get(id="backup-20990101_000000").status == BackupStatus.INCOMPLETE
 
 
+def test_a_cancel_by_a_person_names_them_instead_of_the_scripts_reaction_to_the_signal(
+    worker, tmp_path, settings
+):
+    settings.BACKUP_SCRIPT = script(
+        tmp_path,
+        """
+trap 'echo "ERROR: Interrupted by SIGTERM (line 1)" >&2; exit 143' TERM
+echo "[1/3] working"; sleep 300 & wait
+""",
+    )
+    run, thread, _ = start_in_background(worker)
+    run_request_cancel(run=run, actor=Actor("alice"))
+    thread.join(30)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert run.error == "Cancelled by alice: the script's processes were ended."
+    assert run.progress_message == run.error
+    assert "SIGTERM" not in run.error + run.progress_message
+
+
 def test_timeout_kills_the_group_and_fails_the_run(worker, tmp_path, settings):
     settings.BACKUP_RUN_TIMEOUT = 1
     settings.BACKUP_SCRIPT = script(tmp_path, "sleep 300 & sleep 300\n")
