@@ -18,8 +18,7 @@ from backups.audit import Actor, audit
 from backups.catalogue import latest, sync
 from backups.config.document import default_document
 from backups.models import AuditEvent, Backup, BackupConfig, Run, RunStatus
-from tests.api.test_backups import body
-from tests.conftest import make_backup
+from tests.conftest import body_of, make_backup
 
 pytestmark = pytest.mark.django_db
 
@@ -597,7 +596,7 @@ def test_each_file_of_a_backup_downloads_from_its_page(
     assert redirect["Location"].startswith(f"/api/backup/{OLD}/download?")
     response = client.get(redirect["Location"])  # the signed link alone, as the browser follows it
     assert response.status_code == 200
-    assert body(response) == b"A=1\n"
+    assert body_of(response) == b"A=1\n"
     # A path outside the folder is signed, but opens nothing.
     outside = admin_client.get(reverse("admin:backups_backup_file", args=[quote(OLD)]) + "?path=../" + NEW)
     assert client.get(outside["Location"]).status_code == 404

@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -255,6 +261,25 @@ def _uploads_archive() -> bytes:
     return buf.getvalue()
 
 
+def click(wait: WebDriverWait, css: str) -> None:
+    """Click what the selector finds once it can be clicked; found again if the live page re-rendered it
+    between finding and clicking."""
+
+    def attempt(driver: webdriver.Chrome) -> bool:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+        except (
+            StaleElementReferenceException,
+            NoSuchElementException,
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+        ):
+            return False
+        return True
+
+    wait.until(attempt)
+
+
 def test_restore_a_files_archive_from_the_dashboard_and_see_its_folder_on_disk(
     start_server, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -280,7 +305,7 @@ def test_restore_a_files_archive_from_the_dashboard_and_see_its_folder_on_disk(
     browser.find_element(By.NAME, "username").send_keys(USERNAME)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, f"tr[data-backup-id='{name}'] .rd-open"))).click()
+    click(wait, f"tr[data-backup-id='{name}'] .rd-open")
     wait.until(
         EC.presence_of_element_located(
             (By.CSS_SELECTOR, "#restore-what option[value='images-uploads.tar.gz']")
@@ -312,7 +337,7 @@ def test_restore_a_files_archive_from_the_dashboard_and_see_its_folder_on_disk(
 
     # The admin's backup page opens the same dialog.
     browser.get(f"{server.base}/admin/backups/backup/{name}/change/")
-    wait.until(EC.element_to_be_clickable((By.ID, "restore-open"))).click()
+    click(wait, "#restore-open")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#restore-what option[value='beauty.sql']")))
     Select(browser.find_element(By.ID, "restore-what")).select_by_value("beauty.sql")
     assert "No database target" in browser.find_element(By.ID, "restore-note").text
