@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.offsite.conftest import EventLog, Service
+from tests.conftest import EventLog
+from tests.offsite.conftest import Service
 from tests.offsite.test_service import back_up, next_automatic
 
 pytestmark = pytest.mark.django_db(transaction=True)
