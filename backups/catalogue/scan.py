@@ -224,6 +224,35 @@ def _unreadable_signature(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_ino}:unreadable"
 
 
+def list_names(root: Path) -> dict[str, FolderStat]:
+    """The backup folders of the root from one listing of it, without opening any of them: what a
+    request's freshness check needs to see folders added and removed. Their signatures are left for
+    the full sync (`list_folders`); each FolderStat's is the folder's own stat only."""
+    try:
+        root_fd = open_root(Path(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found: dict[str, FolderStat] = {}
+    try:
+        # An unreadable root raises CatalogueError, never "{}": the sync would drop the whole catalogue.
+        with os.scandir(root_fd) as it:
+            for entry in it:
+                if not is_valid_id(entry.name):
+                    continue
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    lstat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                found[entry.name] = FolderStat(entry.name, lstat.st_mtime_ns, _unreadable_signature(lstat))
+    except OSError:
+        raise CatalogueError("backup root not readable") from None
+    finally:
+        os.close(root_fd)
+    return found
+
+
 def list_folders(root: Path) -> list[FolderStat]:
     try:
         root_fd = open_root(Path(root))
