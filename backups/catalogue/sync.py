@@ -113,25 +113,30 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
         # A folder that could not be read completely is read again each time: a permission fixed or a
         # transient error (too many open files) must not stay recorded until the folder changes.
         force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
-        folders = {folder.name: folder for folder in scan.list_folders(root)}
         known = dict(Backup.objects.values_list("id", "signature"))
+        listed, found = scan.list_and_scan(
+            root, lambda name, signature: name in force or known.get(name) != signature
+        )
+        folders = {folder.name: folder for folder in listed}
     else:
         folders = scan.list_names(root)
         known = {backup_id: None for backup_id in Backup.objects.values_list("id", flat=True)}
+        found = {}
+        for name in folders:
+            if name in known and name not in force:
+                continue
+            try:
+                found[name] = scan.scan_backup(root, name)
+            except BackupNotFound:
+                continue  # vanished between the listing and the walk
+            except (CatalogueError, OSError) as error:
+                # One folder that cannot be read never fails the sync of the others.
+                logger.warning("backup folder %s could not be read: %s", name, error)
+                found[name] = _unread(folders[name], str(error) or type(error).__name__)
 
     walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]] = []
-    for name, folder in folders.items():
-        if name in known and name not in force and (not full or known[name] == folder.signature):
-            continue
-        try:
-            found = scan.scan_backup(root, name)
-        except BackupNotFound:
-            continue  # vanished between the listing and the walk
-        except (CatalogueError, OSError) as error:
-            # One folder that cannot be read never fails the sync of the others.
-            logger.warning("backup folder %s could not be read: %s", name, error)
-            found = _unread(folder, str(error) or type(error).__name__)
-        walked.append((name, found, sidecar.read_metadata(root, name)))
+    for name, scanned_folder in found.items():
+        walked.append((name, scanned_folder, sidecar.read_metadata(root, name)))
 
     # A folder another sync (a request's, the worker's) saw appear after this one listed the root is
     # not gone: only rows whose folder is absent now are forgotten.
