@@ -32,6 +32,7 @@ from _common import (
     admin_token,
     auth_headers,
     bench_tmpdir,
+    cpu_seconds,
     free_port,
     http_get,
     median,
@@ -72,7 +73,7 @@ class BareServer(ManagedProcess):
         raise RuntimeError(f"bare server did not answer:\n{self.log()}")
 
 
-def wrk_rate(port: int, path: str, token: str | None, seconds: float, connections: int) -> float:
+def wrk_rate(port: int, path: str, token: str | None, seconds: float, connections: int) -> tuple[float, int]:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for name, value in auth_headers(token).items():
         command += ["-H", f"{name}: {value}"]
@@ -80,14 +81,17 @@ def wrk_rate(port: int, path: str, token: str | None, seconds: float, connection
         [*command, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60
     )
     rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
-    if done.returncode != 0 or not rate:
+    count = re.search(r"(\d+) requests in", done.stdout)
+    if done.returncode != 0 or not rate or not count:
         raise RuntimeError(f"wrk failed for {path}:\n{done.stdout}\n{done.stderr}")
     if "Non-2xx" in done.stdout:
         raise RuntimeError(f"{path} answered errors under load:\n{done.stdout}")
-    return float(rate.group(1))
+    return float(rate.group(1)), int(count.group(1))
 
 
-def python_rate(port: int, path: str, token: str | None, seconds: float, connections: int) -> float:
+def python_rate(
+    port: int, path: str, token: str | None, seconds: float, connections: int
+) -> tuple[float, int]:
     """One keep-alive connection, requests back to back (the fallback without wrk; connections > 1 are
     not simulated)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -105,7 +109,7 @@ def python_rate(port: int, path: str, token: str | None, seconds: float, connect
             count += 1
     finally:
         conn.close()
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count
 
 
 def main() -> int:
@@ -123,7 +127,7 @@ def main() -> int:
     with bench_tmpdir("bench-request-") as tmp:
         root = tmp / "backups"
         make_root(root, BACKUPS)
-        env = server_env(tmp, BACKUP_ROOT=str(root))
+        env = server_env(tmp, BACKUP_ROOT=str(root), WORKER_POLL_MS="500")  # the default poll
         migrate(env)
         token = admin_token(env)
         bare = BareServer(tmp)
@@ -131,43 +135,52 @@ def main() -> int:
             bare.start()
             with running(Server(tmp, env)) as server:
                 server.start()
+                service = (server.pid, server.port)
+                reference = (bare.pid, bare.port)
                 targets = {
-                    "service GET /api/backup/list?page_size=50": (
-                        server.port,
-                        "/api/backup/list?page_size=50",
-                        token,
-                    ),
-                    "service GET /api/backup/status": (server.port, "/api/backup/status", token),
-                    "service GET /health": (server.port, "/health", None),
-                    "bare DRF APIView": (bare.port, "/drf", None),
-                    "bare Django view": (bare.port, "/django", None),
+                    "service GET /api/backup/list?page_size=50": (*service, LIST, token),
+                    "service GET /api/backup/status": (*service, "/api/backup/status", token),
+                    "service GET /health": (*service, "/health", None),
+                    "bare DRF APIView": (*reference, "/drf", None),
+                    "bare Django view": (*reference, "/django", None),
                 }
-                for port, path, auth in targets.values():  # warm-up, and a check that each answers 200
+                for _, port, path, auth in targets.values():  # warm-up, and a check that each answers 200
                     status, body = http_get(port, path, auth)
                     if status != 200:
                         raise RuntimeError(f"{path}: {status} {body[:300]!r}")
                     rate(port, path, auth, 1, options.connections)
                 rates: dict[str, list[float]] = {name: [] for name in targets}
+                cpu: dict[str, list[float]] = {name: [] for name in targets}
                 for _ in range(options.rounds):
-                    for name, (port, path, auth) in targets.items():
-                        rates[name].append(rate(port, path, auth, options.seconds, options.connections))
+                    for name, (pid, port, path, auth) in targets.items():
+                        before = cpu_seconds(pid)
+                        per_second, count = rate(port, path, auth, options.seconds, options.connections)
+                        rates[name].append(per_second)
+                        cpu[name].append((cpu_seconds(pid) - before) / max(1, count) * 1000)
         finally:
             bare.stop()
 
     figures = {name: median(values) for name, values in rates.items()}
+    costs = {name: median(values) for name, values in cpu.items()}
     for name, value in figures.items():
         spread = ", ".join(f"{v:.0f}" for v in rates[name])
         report.add(
             f"{name}, req/s (median of {options.rounds} × {options.seconds:g} s: {spread})", f"{value:.0f}"
         )
-    drf, django = figures["bare DRF APIView"], figures["bare Django view"]
-    for name, floor, label, goal in (
-        ("service GET /api/backup/list?page_size=50", drf, "bare DRF", 0.5),
-        ("service GET /api/backup/status", drf, "bare DRF", 0.5),
-        ("service GET /health", django, "bare Django", 0.7),
+        report.add(f"{name}, server CPU per request (median)", f"{costs[name]:.2f} ms")
+    for name, floor, goal in (
+        ("service GET /api/backup/list?page_size=50", "bare DRF APIView", 0.5),
+        ("service GET /api/backup/status", "bare DRF APIView", 0.5),
+        ("service GET /health", "bare Django view", 0.7),
     ):
-        ratio = figures[name] / floor
-        report.add(f"{name.removeprefix('service ')} ÷ {label}", f"{ratio:.2f}×", f"≥ {goal}×", ratio >= goal)
+        short, reference = name.removeprefix("service "), floor.removesuffix(" APIView").removesuffix(" view")
+        ratio = figures[name] / figures[floor]
+        report.add(f"{short} ÷ {reference}, req/s", f"{ratio:.2f}×", f"≥ {goal}×", ratio >= goal)
+        ratio = costs[floor] / costs[name]
+        report.add(
+            f"{short}: {reference} CPU ÷ its CPU per request", f"{ratio:.2f}×", f"≥ {goal}×", ratio >= goal
+        )
+    report.note("CPU per request: the server process's user + system time over a round ÷ its requests")
     report.note(f"{BACKUPS} backup folders × 5 files; SQLite; the worker runs in the serve process")
     print(report.render())
     return 0
