@@ -44,3 +44,39 @@ def test_status_costs_the_same_queries_whatever_the_catalogue_holds(api, backup_
     fill(backup_root, count)
     sql = queries(api, "/api/backup/status")
     assert len(sql) == STATUS_QUERIES, sql
+
+
+def test_a_list_row_written_directly_equals_the_field_by_field_document(api, backup_root, settings):
+    from datetime import UTC, datetime
+
+    from backups.api.serializers.backups import BackupListSerializer
+    from backups.catalogue.models import Backup
+    from backups.runs.models import Run, RunStatus
+
+    fill(backup_root, 3)
+    assert api.get("/api/backup/list").status_code == 200
+    run = Run.objects.create(status=RunStatus.SUCCEEDED, triggered_by="t")
+    first, second, _ = Backup.objects.order_by("id")
+    Backup.objects.filter(id=first.id).update(
+        run=run,
+        problems=["configs: not readable (permission denied)"],
+        verified=True,
+        verification_status="passed",
+        verification_level="deep",
+        verified_at=datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC),
+        verification={"problems": ["x"], "databases": []},
+        offsite_status="ok",
+        offsite_at=datetime(2026, 3, 2, tzinfo=UTC),
+        offsite={"error": None},
+        pinned=True,
+        description="nightly",
+    )
+    Backup.objects.filter(id=second.id).update(local=False, offsite={"error": "store refused"})
+    for zone in ("UTC", "Europe/Berlin"):
+        settings.TIME_ZONE = zone
+        serializer = BackupListSerializer()
+        for backup in Backup.objects.order_by("id"):
+            assert serializer.to_representation(backup) == serializer.field_by_field(backup)
+    settings.TIME_ZONE = "UTC"
+    listed = api.get("/api/backup/list").json()["results"]
+    assert listed[-1]["created_at"].endswith("Z") and listed[-1]["id"] == first.id
