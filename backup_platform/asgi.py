@@ -4,10 +4,10 @@ response chunks), WebSockets through Channels, and Socket.IO (HTTP long-polling 
 
 import os
 
-from django.core.asgi import get_asgi_application
+from backups.asgi_threads import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backup_platform.settings")
-django_asgi_app = get_asgi_application()
+django_asgi_app = get_asgi_application()  # Django's handler, on request threads that are kept
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

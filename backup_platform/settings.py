@@ -206,8 +206,14 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+# Request threads are kept (backups.asgi_threads), and so is each one's connection: checked before a
+# request reuses it (CONN_HEALTH_CHECKS), closed after a request that saw a database error, so a
+# database restart costs 503s while it is down and nothing after it.
+CONN_MAX_AGE = envint("CONN_MAX_AGE", 600, minimum=0)
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
+    DATABASES = {
+        "default": dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
+    }
 except Exception:  # dj-database-url raises several kinds for a malformed URL
     raise ImproperlyConfigured(
         "DATABASE_URL is not a valid database URL "

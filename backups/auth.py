@@ -139,13 +139,35 @@ def verify_token(raw: str | bytes) -> PlatformUser:
     return PlatformUser(id=user_id, roles=_roles(claims), claims=claims)
 
 
-def user_from_authorization(header: str | None) -> PlatformUser | None:
-    """`Authorization: Bearer <jwt>` -> its user; None when absent; TokenRefused when invalid."""
+def verify_token_of_request(request: Any, raw: str | bytes) -> PlatformUser:
+    """`verify_token`, once per request and token: the rate limiter and the API's authentication both
+    verify the caller's token, and the second gets the first's answer (the same token of the same
+    request, so the same answer)."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    answers: dict[bytes, PlatformUser | TokenRefused] = request.__dict__.setdefault("_verified_tokens", {})
+    answer = answers.get(raw)
+    if answer is None:
+        try:
+            answer = verify_token(raw)
+        except TokenRefused as refused:
+            answer = refused
+        answers[raw] = answer
+    if isinstance(answer, TokenRefused):
+        raise TokenRefused(*answer.args)
+    return answer
+
+
+def user_from_authorization(header: str | None, request: Any = None) -> PlatformUser | None:
+    """`Authorization: Bearer <jwt>` -> its user; None when absent; TokenRefused when invalid. With
+    `request`, the answer is kept for the rest of that request."""
     if not header:
         return None
     scheme, _, raw = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
+    if request is not None:
+        return verify_token_of_request(request, raw.strip())
     return verify_token(raw.strip())
 
 
@@ -184,7 +206,7 @@ class PlatformJWTAuthentication(JWTStatelessUserAuthentication):
         if raw is None:
             return None
         try:
-            user = verify_token(raw)
+            user = verify_token_of_request(request._request, raw)
         except TokenRefused as error:
             raise InvalidToken({"detail": f"Invalid token: {error}", "code": "token_not_valid"}) from None
         return user, user.claims

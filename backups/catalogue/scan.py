@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,14 +225,53 @@ def _unreadable_signature(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_ino}:unreadable"
 
 
-def list_folders(root: Path) -> list[FolderStat]:
+def list_names(root: Path) -> dict[str, FolderStat]:
+    """The backup folders of the root from one listing of it, without opening any of them: what a
+    request's freshness check needs to see folders added and removed. Their signatures are left for
+    the full sync (`list_folders`); each FolderStat's is the folder's own stat only."""
     try:
         root_fd = open_root(Path(root))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return {}
+    found: dict[str, FolderStat] = {}
+    try:
+        # An unreadable root raises CatalogueError, never "{}": the sync would drop the whole catalogue.
+        with os.scandir(root_fd) as it:
+            for entry in it:
+                if not is_valid_id(entry.name):
+                    continue
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    lstat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                found[entry.name] = FolderStat(entry.name, lstat.st_mtime_ns, _unreadable_signature(lstat))
+    except OSError:
+        raise CatalogueError("backup root not readable") from None
+    finally:
+        os.close(root_fd)
+    return found
+
+
+def list_folders(root: Path) -> list[FolderStat]:
+    return list_and_scan(root)[0]
+
+
+def list_and_scan(
+    root: Path, wanted: Callable[[str, str], bool] | None = None
+) -> tuple[list[FolderStat], dict[str, ScannedBackup]]:
+    """Every backup folder of the root with its change signature, and the walk of those `wanted(name,
+    signature)` picks, made while the folder is open for its signature: the root is opened once and
+    each folder once, as `scan_backup` would open both for each folder."""
+    try:
+        root_fd = open_root(Path(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return [], {}
     # An unreadable root raises CatalogueError, never "[]": a sync would take it for an empty one and
     # drop the whole catalogue.
     result: list[FolderStat] = []
+    scanned: dict[str, ScannedBackup] = {}
     try:
         try:
             with os.scandir(root_fd) as it:
@@ -250,23 +290,39 @@ def list_folders(root: Path) -> list[FolderStat]:
                 fd = open_dir_at(root_fd, name, lstat)
             except Gone:
                 continue  # deleted or swapped while listing
-            except CatalogueError:
-                # Unreadable folder: still list it (it exists and uses space); scan_backup reports it.
-                result.append(FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat)))
+            except CatalogueError as error:
+                # Unreadable folder: still list it (it exists and uses space), with what was wrong.
+                folder = FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat))
+                result.append(folder)
+                if wanted is not None and wanted(name, folder.signature):
+                    scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
                 continue
             try:
-                st, signature = signature_of(fd)
-            except Gone:
-                continue
-            except CatalogueError:
-                st, signature = lstat, _unreadable_signature(lstat)
+                try:
+                    st, signature = signature_of(fd)
+                except Gone:
+                    continue
+                except CatalogueError as error:
+                    folder = FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat))
+                    result.append(folder)
+                    if wanted is not None and wanted(name, folder.signature):
+                        scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
+                    continue
+                result.append(FolderStat(name=name, mtime_ns=st.st_mtime_ns, signature=signature))
+                if wanted is not None and wanted(name, signature):
+                    # Signature first, then the walk: if the folder changes meanwhile, the stored
+                    # signature is the older one and the next sync walks it again.
+                    try:
+                        scanned[name] = _scanned(name, st, signature, walk(fd))
+                    except OSError as error:  # e.g. out of descriptors: this folder only
+                        why = (error.strerror or type(error).__name__).lower()
+                        scanned[name] = _unreadable(name, lstat, f"the folder could not be read ({why})")
             finally:
                 os.close(fd)
-            result.append(FolderStat(name=name, mtime_ns=st.st_mtime_ns, signature=signature))
     finally:
         os.close(root_fd)
     result.sort(key=lambda f: f.name)
-    return result
+    return result, scanned
 
 
 def folder_created_at(name: str, folder_mtime: float) -> datetime:
@@ -327,6 +383,10 @@ def scan_backup(root: Path, backup_id: str) -> ScannedBackup:
         walked = walk(fd)
     finally:
         os.close(fd)
+    return _scanned(backup_id, top, signature, walked)
+
+
+def _scanned(backup_id: str, top: os.stat_result, signature: str, walked: Walk) -> ScannedBackup:
     files = file_entries(walked.nodes)
     newest = max([top.st_mtime, *(n.st.st_mtime for n in walked.nodes)])
     return ScannedBackup(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 
 from backups.catalogue.models import Backup, BackupStatus
 from backups.catalogue.paths import LATEST_LINK, BackupNotFound, check_backup, is_valid_id
@@ -60,8 +60,8 @@ def newest_backup() -> Backup | None:
 
 
 def totals() -> dict[str, int]:
-    aggregate = Backup.objects.aggregate(total=Sum("size_bytes"))
-    return {"count": Backup.objects.count(), "total_size_bytes": aggregate["total"] or 0}
+    aggregate = Backup.objects.aggregate(count=Count("id"), total=Sum("size_bytes"))
+    return {"count": aggregate["count"], "total_size_bytes": aggregate["total"] or 0}
 
 
 def unreadable_count() -> int:

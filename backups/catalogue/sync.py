@@ -1,13 +1,17 @@
 """The one owner of the catalogue's freshness: make the `Backup` rows match the folders on disk.
 
-Disk is the truth. A sync lists the root once, re-walks only folders whose change signature moved, and
-writes the rows in batches. `ensure_fresh()` is what views and consumers call before they read: it costs
-one `stat` of the root when nothing was added or removed since this process last looked.
+Disk is the truth. A full sync lists the root once, re-walks only folders whose change signature moved,
+and writes the rows in batches; the worker runs one at start-up and every `CATALOGUE_SYNC_SECONDS`.
+`ensure_fresh()` is what views and consumers call before they read: it costs one `stat` of the root when
+nothing was added or removed since this process last looked, and otherwise one listing of the root (no
+folder opened) plus a walk of the folders added: a request never waits for a full re-walk.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterable
@@ -27,8 +31,12 @@ from backups.runs.models import ACTIVE_RUN_STATUSES, Run, RunKind, RunStatus
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # full syncs
+_request_lock = threading.Lock()  # the freshness checks of requests (they never wait for a full sync)
 _seen_root_signature: str | None = None
+# Until this process has run a full sync (at start, after reset()), a request runs one: the quick check
+# only sees folders added and removed, and the catalogue may be older than this process.
+_full_due = True
 
 
 def backup_root() -> Path:
@@ -37,8 +45,9 @@ def backup_root() -> Path:
 
 def reset() -> None:
     """Forget what this process has seen, so the next `ensure_fresh()` syncs (tests, settings changes)."""
-    global _seen_root_signature
+    global _seen_root_signature, _full_due
     _seen_root_signature = None
+    _full_due = True
 
 
 def _root_signature(root: Path) -> str:
@@ -54,67 +63,93 @@ def ensure_fresh(backup_id: str | None = None) -> None:
     (the root's mtime changes then); otherwise cost one stat. With `backup_id`, also sync that folder
     when it exists on disk but has no row yet."""
     global _seen_root_signature
+    if _full_due:
+        with _lock:
+            if _full_due:  # else the worker's start-up sync finished while this request waited for it
+                _sync_all_locked()
+        return ensure_fresh(backup_id)
     signature = _root_signature(backup_root())
     if signature != _seen_root_signature:
-        with _lock:
+        with _request_lock:
             if signature != _seen_root_signature:
-                sync()
+                sync(full=False)
                 _seen_root_signature = signature
     if backup_id and is_valid_id(backup_id) and not Backup.objects.filter(id=backup_id).exists():
         try:
             check_backup(backup_root(), backup_id)
         except BackupNotFound:
             return
-        sync(force_ids=[backup_id])
+        sync(force_ids=[backup_id], full=False)
 
 
 def sync_all() -> dict[str, int]:
     """A full sync that also counts as this process having looked (the worker's start-up and periodic
     syncs, so the first list request after them does not walk the root again)."""
-    global _seen_root_signature
     with _lock:
-        signature = _root_signature(backup_root())
-        result = sync()
-        _seen_root_signature = signature
+        return _sync_all_locked()
+
+
+def _sync_all_locked() -> dict[str, int]:
+    global _seen_root_signature, _full_due
+    signature = _root_signature(backup_root())
+    result = sync()
+    _seen_root_signature = signature
+    _full_due = False
     return result
 
 
-def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
+def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
     """Make the Backup rows match the folders on disk. Folders whose change signature is unchanged are
-    not re-walked (unless named in `force_ids`), so a re-sync with nothing changed costs one listing."""
+    not re-walked (unless named in `force_ids`), so a re-sync with nothing changed costs one listing.
+    With `full=False` (a request's freshness check) no folder is opened to compute its signature: only
+    folders added since the last sync, running ones and `force_ids` are walked, and rows of folders
+    removed are forgotten; changes inside known folders are the next full sync's."""
     root = backup_root()
     force = {backup_id for backup_id in force_ids if backup_id}
     # A row still `running` is decided again whatever its signature: a crash between a run's end and
     # the sync that follows it must not leave its folder `running` (out of retention, never latest).
     force.update(Backup.objects.filter(status=BackupStatus.RUNNING).values_list("id", flat=True))
-    # A folder that could not be read completely is read again each time: a permission fixed or a
-    # transient error (too many open files) must not stay recorded until the folder changes.
-    force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
-    folders = {folder.name: folder for folder in scan.list_folders(root)}
-    known = dict(Backup.objects.values_list("id", "signature"))
+    if full:
+        # A folder that could not be read completely is read again each time: a permission fixed or a
+        # transient error (too many open files) must not stay recorded until the folder changes.
+        force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
+        known = dict(Backup.objects.values_list("id", "signature"))
+        listed, found = scan.list_and_scan(
+            root, lambda name, signature: name in force or known.get(name) != signature
+        )
+        folders = {folder.name: folder for folder in listed}
+    else:
+        folders = scan.list_names(root)
+        known = {backup_id: None for backup_id in Backup.objects.values_list("id", flat=True)}
+        found = {}
+        for name in folders:
+            if name in known and name not in force:
+                continue
+            try:
+                found[name] = scan.scan_backup(root, name)
+            except BackupNotFound:
+                continue  # vanished between the listing and the walk
+            except (CatalogueError, OSError) as error:
+                # One folder that cannot be read never fails the sync of the others.
+                logger.warning("backup folder %s could not be read: %s", name, error)
+                found[name] = _unread(folders[name], str(error) or type(error).__name__)
 
     walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]] = []
-    for name, folder in folders.items():
-        if name in known and known[name] == folder.signature and name not in force:
-            continue
-        try:
-            found = scan.scan_backup(root, name)
-        except BackupNotFound:
-            continue  # vanished between the listing and the walk
-        except (CatalogueError, OSError) as error:
-            # One folder that cannot be read never fails the sync of the others.
-            logger.warning("backup folder %s could not be read: %s", name, error)
-            found = _unread(folder, str(error) or type(error).__name__)
-        walked.append((name, found, sidecar.read_metadata(root, name)))
+    for name, scanned_folder in found.items():
+        walked.append((name, scanned_folder, sidecar.read_metadata(root, name)))
 
-    gone = set(known) - set(folders)
+    # A folder another sync (a request's, the worker's) saw appear after this one listed the root is
+    # not gone: only rows whose folder is absent now are forgotten.
+    gone = {name for name in set(known) - set(folders) if not _on_disk(root, name)}
     with transaction.atomic():
         # Statuses are decided here, from the runs as they are when the rows are written: a walk that
         # began before a run ended must not write the run's folder back as running (or move `latest`).
         scanned = _catalogue_rows(walked)
         removed = _forget_vanished(gone) if gone else 0
         # A folder whose content changed since it was verified is not verified any more.
-        changed = [row.id for row in scanned if row.id in known and known[row.id] != row.signature]
+        changed = [
+            row.id for row in scanned if row.id in known and known[row.id] not in (None, row.signature)
+        ]
         if changed:
             # Its last verdict lapses and it is seen anew (the verification step owes it a check).
             Backup.objects.filter(id__in=changed).exclude(verification_status="never").update(
@@ -143,6 +178,13 @@ def sync(*, force_ids: Iterable[str] = ()) -> dict[str, int]:
             )
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": removed, "total": len(folders)}
+
+
+def _on_disk(root: Path, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(root / name).st_mode)
+    except OSError:
+        return False
 
 
 def _forget_vanished(gone: set[str]) -> int:

@@ -392,7 +392,7 @@ def validate_part(key: str, value: Any, *, current: dict[str, Any]) -> dict[str,
 
 def upgrade(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored document completed with the defaults of keys added since it was written."""
-    return _merge(default_document(), stored if isinstance(stored, dict) else {})
+    return _merge(DEFAULT_CONFIG, stored if isinstance(stored, dict) else {})  # _merge copies
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:

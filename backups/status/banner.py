@@ -31,7 +31,12 @@ class Notice:
     action: str
 
 
-def notices() -> list[dict[str, Any]]:
+_UNREAD = object()
+
+
+def notices(document: dict[str, Any] | None = None, last_success: Any = _UNREAD) -> list[dict[str, Any]]:
+    """`document` and `last_success` (the config document and the last successful run, None for none)
+    when the caller has just read them (the status document does), so they are not read twice."""
     found: list[Notice] = []
     seen = worker_last_seen_seconds()
     if seen is None or seen > settings.WORKER_STALE_SECONDS:
@@ -96,9 +101,9 @@ def notices() -> list[dict[str, Any]]:
                     "and run it again.",
                 )
             )
-    document = config_current()
+    document = document if document is not None else config_current()
     stale_hours = document["notifications"]["staleAfterHours"] or 26
-    success = last_successful_run()
+    success = last_successful_run() if last_success is _UNREAD else last_success
     # A backup made outside the service (cron, by hand) counts too: its folder is as good as a run's.
     newest = (
         Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)

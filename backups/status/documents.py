@@ -34,17 +34,18 @@ def status() -> dict[str, Any]:
     next_at = next_scheduled_at(document)
     total_bytes, free_bytes = disk_usage(Path(settings.BACKUP_ROOT))
     current = run_selectors.current_run()
+    last_success = run_selectors.last_successful_run()
     return {
         "running": current is not None,
         "current_run": current,
         "last_backup": catalogue_selectors.newest_backup(),
-        "last_successful_run": run_selectors.last_successful_run(),
+        "last_successful_run": last_success,
         "next_scheduled_at": next_at,
         "backups": catalogue_selectors.totals(),
         "disk": {"total_bytes": total_bytes, "free_bytes": free_bytes},
         "script": {"available": script_available()},
         "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
-        "notices": banner.notices(),
+        "notices": banner.notices(document, last_success),
         "offsite": {
             "enabled": bool(document["offsite"]["enabled"]),
             "backups": offsite_services.status_counts(),

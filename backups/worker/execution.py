@@ -62,7 +62,7 @@ class RunExecution(Following):
         document = config_current()
         with contextlib.suppress(OSError):  # the script reports an unusable root better than we can
             self.root.mkdir(parents=True, exist_ok=True)
-        self.folders_before = {folder.name for folder in scan.list_folders(self.root)}
+        self.folders_before = set(scan.list_names(self.root))  # names only: no folder opened
         env = runner.build_env(
             os.environ,
             {
@@ -101,7 +101,7 @@ class RunExecution(Following):
         started = self.run.started_at.timestamp() if self.run.started_at else 0.0
         # Folders older than the run cannot be its own: what `discover_folder` compares against.
         self.folders_before = {
-            folder.name for folder in scan.list_folders(self.root) if folder.mtime_ns < started * 1e9
+            folder.name for folder in scan.list_names(self.root).values() if folder.mtime_ns < started * 1e9
         }
         self.floor_percent = self.run.progress_percent
         result = self.attach()
@@ -213,7 +213,7 @@ class RunExecution(Following):
         candidates = []
         if self.folder_named:
             candidates.append(self.folder_named)
-        appeared = sorted(f.name for f in scan.list_folders(self.root) if f.name not in self.folders_before)
+        appeared = sorted(name for name in scan.list_names(self.root) if name not in self.folders_before)
         candidates.extend(reversed(appeared))
         for name in candidates:
             try:
