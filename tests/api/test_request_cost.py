@@ -15,8 +15,9 @@ pytestmark = pytest.mark.django_db
 
 LIST_QUERIES = 2  # the count and the page; the freshness check is one stat of the root
 # config, current run, newest backup, last successful run, totals, worker lease, last finished run,
-# off-site counts, last off-site copy: each read once
-STATUS_QUERIES = 9
+# off-site counts, last off-site copy, the newest completed backup (the banner's staleness counts backups
+# made outside the service): each read once
+STATUS_QUERIES = 10
 
 
 def fill(root: Path, count: int) -> None:
