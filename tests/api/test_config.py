@@ -153,3 +153,19 @@ def test_audit_diffs_show_the_urls_masked(api, backup_root):
     assert "AAHdq" not in str(audit.details)
     logs = api.get("/api/backup/logs?source=audit").content.decode()
     assert "AAHdq" not in logs
+
+
+def test_a_schedule_or_every_component_switched_off_is_saved_with_a_warning(api, backup_root):
+    """Accepted (an operator may mean it), but said in the answer; a normal save has no `warnings`."""
+    off = api.patch("/api/backup/config", {"enabled": False}, format="json")
+    assert off.status_code == 200 and off.json()["enabled"] is False
+    assert off.json()["warnings"] == ["The schedule is off: no backup runs unless someone starts one."]
+    nothing = {key: False for key in DEFAULT_CONFIG["components"]}
+    empty = api.patch("/api/backup/config", {"enabled": True, "components": nothing}, format="json")
+    assert empty.status_code == 200
+    assert empty.json()["warnings"] == [
+        "Every component is off: a backup would hold nothing of the platform."
+    ]
+    normal = api.patch("/api/backup/config", {"components": DEFAULT_CONFIG["components"]}, format="json")
+    assert normal.status_code == 200 and "warnings" not in normal.json()
+    assert "warnings" not in api.get("/api/backup/config").json()  # never stored in the document

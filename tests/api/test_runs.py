@@ -165,3 +165,17 @@ def test_run_enqueue_is_the_single_judge(backup_root):
     run_enqueue(actor=Actor("a"))
     with pytest.raises(Conflict):
         run_enqueue(actor=Actor("b"))
+
+
+def test_create_with_no_worker_seen_still_queues_and_says_so(api, backup_root):
+    from backups.worker.lease import Lease
+
+    first = api.post("/api/backup/create", {}, format="json")
+    assert first.status_code == 202 and first.json()["run"]["status"] == "queued"
+    assert first.json()["warnings"] == ["No worker has been seen ever; the run starts when one is running."]
+    api.post(f"/api/backup/runs/{first.json()['run']['id']}/cancel")
+
+    lease = Lease("worker-test")
+    assert lease.hold(False)[0]  # a worker holding a fresh lease: nothing to warn about
+    second = api.post("/api/backup/create", {}, format="json")
+    assert second.status_code == 202 and "warnings" not in second.json()
