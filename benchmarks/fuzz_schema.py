@@ -43,6 +43,7 @@ from _common import PROJECT, Report, Server, admin_token, bench_tmpdir, migrate,
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.core.result import Ok
@@ -437,6 +438,8 @@ class Fuzzer:
             run()
         except OutOfTime:
             result.out_of_time = True
+        except Unsatisfiable:
+            pass  # nothing to generate: e.g. no invalid request exists for an operation without inputs
 
     def operation_strategy(
         self, operation: Any, mode: GenerationMode, backups: list[str], runs: list[str]

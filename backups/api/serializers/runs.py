@@ -105,4 +105,9 @@ class RunEnvelopeSerializer(serializers.Serializer):
 
 class ConflictSerializer(serializers.Serializer):
     detail = serializers.CharField()
-    run = RunSerializer(allow_null=True)
+    run = RunSerializer(
+        allow_null=True,
+        required=False,
+        help_text="the run that holds the lane, when that is the conflict; absent for other refusals "
+        "(e.g. off-site copies not configured, a backup whose folder is gone)",
+    )
