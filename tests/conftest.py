@@ -107,6 +107,18 @@ def _fresh_rate_limit_window():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets a channel layer object of its own. Channels keeps one per process, and the Redis
+    layer binds its receive lock and pools to the first event loop that uses it; every test runs its own
+    loop (production has one per process)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(tmp_path_factory) -> None:
     """A file-backed SQLite test database: the worker's thread and the test's thread then lock and

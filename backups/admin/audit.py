@@ -13,6 +13,8 @@ from backups.admin.site import SuperuserReadOnlyAdmin, badge
 from backups.audit import AuditEvent
 
 DETAILS_SHOWN = 120
+# Details that say why, shown first in the list's one-line summary.
+LEADING = ("reason", "error")
 
 
 @admin.register(AuditEvent)
@@ -41,7 +43,9 @@ class AuditEventAdmin(SuperuserReadOnlyAdmin):
             return "—"
         text = ", ".join(
             f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
-            for key, value in details.items()
+            # The same order on every database (PostgreSQL's jsonb does not keep the written one): why
+            # first, then the rest by name.
+            for key, value in sorted(details.items(), key=lambda item: (item[0] not in LEADING, item[0]))
             if value not in ("", None, [], {})  # an empty `error:` says nothing
         )
         if len(text) <= DETAILS_SHOWN:

@@ -19,6 +19,5 @@ IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CON
 def in_memory_channel_layer(request, settings):
     if request.node.get_closest_marker("redis") is None and request.node.get_closest_marker("slow") is None:
         settings.CHANNEL_LAYERS = IN_MEMORY
-    channel_layers.backends.clear()
+    channel_layers.backends.clear()  # after the switch (the shared conftest cleared it before)
     yield
-    channel_layers.backends.clear()
