@@ -76,8 +76,13 @@ def test_a_list_row_written_directly_equals_the_field_by_field_document(api, bac
     for zone in ("UTC", "Europe/Berlin"):
         settings.TIME_ZONE = zone
         serializer = BackupListSerializer()
-        for backup in Backup.objects.order_by("id"):
+        rows = Backup.objects.order_by("id").values(*BackupListSerializer.ROW_FIELDS)
+        for backup, values in zip(Backup.objects.order_by("id"), rows, strict=True):
             assert serializer.to_representation(backup) == serializer.field_by_field(backup)
+            assert serializer.to_representation(values) == serializer.field_by_field(backup)
+        listed = {row["id"]: row for row in api.get("/api/backup/list").json()["results"]}
+        for backup in Backup.objects.all():
+            assert listed[backup.id] == serializer.field_by_field(backup)
     settings.TIME_ZONE = "UTC"
     listed = api.get("/api/backup/list").json()["results"]
     assert listed[-1]["created_at"].endswith("Z") and listed[-1]["id"] == first.id
