@@ -86,3 +86,42 @@ def test_a_list_row_written_directly_equals_the_field_by_field_document(api, bac
     settings.TIME_ZONE = "UTC"
     listed = api.get("/api/backup/list").json()["results"]
     assert listed[-1]["created_at"].endswith("Z") and listed[-1]["id"] == first.id
+
+
+def test_the_status_document_written_directly_equals_the_field_by_field_document(api, backup_root, settings):
+    from datetime import UTC, datetime, timedelta
+
+    from backups.api.serializers.status import StatusSerializer
+    from backups.catalogue.models import Backup
+    from backups.runs.models import Run, RunStatus
+    from backups.status import documents
+
+    def check() -> None:
+        for zone in ("UTC", "Europe/Berlin"):
+            settings.TIME_ZONE = zone
+            document = documents.status()
+            serializer = StatusSerializer()
+            assert serializer.to_representation(document) == serializer.field_by_field(document)
+            served, expected = api.get("/api/backup/status").json(), serializer.field_by_field(document)
+            served.pop("disk"), expected.pop("disk")  # free space moves with everything else on the machine
+            assert served == expected
+
+    check()  # nothing at all: no backup, no run, the worker never seen (a notice)
+    fill(backup_root, 3)
+    assert api.get("/api/backup/list").status_code == 200
+    finished = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    Run.objects.create(
+        status=RunStatus.SUCCEEDED,
+        triggered_by="t",
+        started_at=finished - timedelta(minutes=3),
+        finished_at=finished,
+    )
+    Run.objects.create(status=RunStatus.FAILED, triggered_by="t", finished_at=finished + timedelta(hours=1))
+    Run.objects.create(status=RunStatus.RUNNING, triggered_by="schedule", progress_percent=40)
+    Backup.objects.filter(id=Backup.objects.order_by("id").first().id).update(
+        offsite_status="ok", offsite_at=finished, offsite_bytes=10
+    )
+    check()  # a run under way, a failed last run (a notice), a successful one, an off-site copy
+    document = documents.status()
+    assert document["current_run"] and document["last_successful_run"] and document["last_backup"]
+    assert document["offsite"]["last_copy_at"] and len(document["notices"]) >= 2
