@@ -13,11 +13,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Max, Q, Sum
 
 from backups.catalogue import selectors as catalogue_selectors
+from backups.catalogue.models import Backup, BackupStatus, OffsiteStatus
 from backups.catalogue.paths import disk_usage
 from backups.config.selectors import config_current, next_scheduled_at
-from backups.offsite import services as offsite_services
 from backups.runs import selectors as run_selectors
 from backups.status import banner
 from backups.status.migrations import pending_migrations
@@ -35,22 +36,42 @@ def status() -> dict[str, Any]:
     total_bytes, free_bytes = disk_usage(Path(settings.BACKUP_ROOT))
     current = run_selectors.current_run()
     last_success = run_selectors.last_successful_run()
+    figures = backup_figures()
     return {
         "running": current is not None,
         "current_run": current,
         "last_backup": catalogue_selectors.newest_backup(),
         "last_successful_run": last_success,
         "next_scheduled_at": next_at,
-        "backups": catalogue_selectors.totals(),
+        "backups": figures["totals"],
         "disk": {"total_bytes": total_bytes, "free_bytes": free_bytes},
         "script": {"available": script_available()},
         "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
-        "notices": banner.notices(document, last_success),
+        "notices": banner.notices(document, last_success, figures["newest_completed_at"]),
         "offsite": {
             "enabled": bool(document["offsite"]["enabled"]),
-            "backups": offsite_services.status_counts(),
-            "last_copy_at": offsite_services.last_copy_at(),
+            "backups": figures["offsite_counts"],
+            "last_copy_at": figures["last_copy_at"],
         },
+    }
+
+
+def backup_figures() -> dict[str, Any]:
+    """In one query, what the status document says about the catalogue as a whole: the totals
+    (`catalogue.selectors.totals`), the off-site counts and last copy (`offsite.services.status_counts`,
+    `last_copy_at`) and when the newest completed local backup was made (the banner's staleness)."""
+    figures = Backup.objects.aggregate(
+        count=Count("id"),
+        total=Sum("size_bytes"),
+        last_copy_at=Max("offsite_at", filter=Q(offsite_status=OffsiteStatus.OK, offsite_at__isnull=False)),
+        newest_completed_at=Max("created_at", filter=Q(status=BackupStatus.COMPLETED, local=True)),
+        **{f"offsite_{value}": Count("id", filter=Q(offsite_status=value)) for value in OffsiteStatus.values},
+    )
+    return {
+        "totals": {"count": figures["count"], "total_size_bytes": figures["total"] or 0},
+        "offsite_counts": {value: figures[f"offsite_{value}"] for value in OffsiteStatus.values},
+        "last_copy_at": figures["last_copy_at"],
+        "newest_completed_at": figures["newest_completed_at"],
     }
 
 

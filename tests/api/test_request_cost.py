@@ -14,10 +14,10 @@ from tests.conftest import make_backup
 pytestmark = pytest.mark.django_db
 
 LIST_QUERIES = 2  # the count and the page; the freshness check is one stat of the root
-# config, current run, newest backup, last successful run, totals, worker lease, last finished run,
-# off-site counts, last off-site copy, the newest completed backup (the banner's staleness counts backups
-# made outside the service): each read once
-STATUS_QUERIES = 10
+# config, current run, newest backup, last successful run, worker lease, last finished run, each read
+# once; and one aggregate of the catalogue: totals, off-site counts, last off-site copy, the newest
+# completed backup (the banner's staleness counts backups made outside the service)
+STATUS_QUERIES = 7
 
 
 def fill(root: Path, count: int) -> None:
@@ -125,3 +125,52 @@ def test_the_status_document_written_directly_equals_the_field_by_field_document
     document = documents.status()
     assert document["current_run"] and document["last_successful_run"] and document["last_backup"]
     assert document["offsite"]["last_copy_at"] and len(document["notices"]) >= 2
+
+
+def test_the_catalogue_figures_of_one_query_equal_those_read_one_by_one(api, backup_root):
+    from datetime import UTC, datetime
+
+    from backups.catalogue import selectors
+    from backups.catalogue.models import Backup
+    from backups.offsite import services as offsite
+    from backups.status import banner
+    from backups.status.documents import backup_figures
+
+    def separately() -> dict:
+        return {
+            "totals": selectors.totals(),
+            "offsite_counts": offsite.status_counts(),
+            "last_copy_at": offsite.last_copy_at(),
+            "newest_completed_at": banner.newest_completed_local_at(),
+        }
+
+    assert (
+        backup_figures()
+        == separately()
+        == {
+            "totals": {"count": 0, "total_size_bytes": 0},
+            "offsite_counts": {"none": 0, "pending": 0, "uploading": 0, "ok": 0, "failed": 0},
+            "last_copy_at": None,
+            "newest_completed_at": None,
+        }
+    )
+    fill(backup_root, 5)
+    assert api.get("/api/backup/list").status_code == 200
+    first, second, third, fourth, newest = Backup.objects.order_by("created_at")
+    Backup.objects.filter(id=first.id).update(
+        offsite_status="ok", offsite_at=datetime(2026, 3, 1, tzinfo=UTC)
+    )
+    Backup.objects.filter(id=second.id).update(
+        offsite_status="ok", offsite_at=datetime(2026, 3, 2, tzinfo=UTC)
+    )
+    Backup.objects.filter(id=third.id).update(
+        offsite_status="failed", offsite_at=datetime(2026, 3, 9, tzinfo=UTC)
+    )
+    Backup.objects.filter(id=fourth.id).update(offsite_status="pending")
+    Backup.objects.filter(id=newest.id).update(local=False)  # the newest completed *local* one is the fourth
+    figures = backup_figures()
+    assert figures == separately()
+    assert figures["last_copy_at"] == datetime(2026, 3, 2, tzinfo=UTC)
+    assert figures["newest_completed_at"] == fourth.created_at
+    assert figures["offsite_counts"] == {"none": 1, "pending": 1, "uploading": 0, "ok": 2, "failed": 1}
+    assert figures["totals"]["count"] == 5 and figures["totals"]["total_size_bytes"] > 0
