@@ -1,9 +1,9 @@
 """Request ids, and the per-client rate limit (`RATE_LIMIT`, default 200/15m).
 
-Each middleware here works in both modes. Under ASGI they run on the event loop, like Django's own
-around them, so a request crosses to its thread once (for the view) instead of once more in the
-middle of the stack; the rate limit's cache calls go to the request's thread unless the cache is the
-process's memory.
+Each middleware here works in both modes. The server runs Django's synchronous chain on the request's
+thread (`backups.asgi_threads`), so there they run sync, the rate limit's cache calls included; the
+async mode serves an ASGI handler with Django's own async chain, where they run on the event loop and
+the rate limit's cache calls go to the request's thread unless the cache is the process's memory.
 """
 
 from __future__ import annotations

@@ -34,9 +34,12 @@ class Notice:
 _UNREAD = object()
 
 
-def notices(document: dict[str, Any] | None = None, last_success: Any = _UNREAD) -> list[dict[str, Any]]:
-    """`document` and `last_success` (the config document and the last successful run, None for none)
-    when the caller has just read them (the status document does), so they are not read twice."""
+def notices(
+    document: dict[str, Any] | None = None, last_success: Any = _UNREAD, newest_completed_at: Any = _UNREAD
+) -> list[dict[str, Any]]:
+    """`document`, `last_success` and `newest_completed_at` (the config document, the last successful
+    run and when the newest completed local backup was made, None for none) when the caller has just
+    read them (the status document does), so they are not read twice."""
     found: list[Notice] = []
     seen = worker_last_seen_seconds()
     if seen is None or seen > settings.WORKER_STALE_SECONDS:
@@ -105,12 +108,7 @@ def notices(document: dict[str, Any] | None = None, last_success: Any = _UNREAD)
     stale_hours = document["notifications"]["staleAfterHours"] or 26
     success = last_successful_run() if last_success is _UNREAD else last_success
     # A backup made outside the service (cron, by hand) counts too: its folder is as good as a run's.
-    newest = (
-        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)
-        .first()
-    )
+    newest = newest_completed_at if newest_completed_at is not _UNREAD else newest_completed_local_at()
     moments = [moment for moment in (success and success.finished_at, newest) if moment]
     if not moments or max(moments) < timezone.now() - timedelta(hours=stale_hours):
         found.append(
@@ -128,3 +126,12 @@ def notices(document: dict[str, Any] | None = None, last_success: Any = _UNREAD)
     )
     found.sort(key=lambda notice: notice.level != "error")
     return [asdict(notice) for notice in found]
+
+
+def newest_completed_local_at() -> Any:
+    return (
+        Backup.objects.filter(status=BackupStatus.COMPLETED, local=True)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from backups.catalogue import selectors as catalogue_selectors
+from backups.catalogue.models import Backup, BackupStatus, OffsiteStatus
 from backups.catalogue.paths import disk_usage
 from backups.config.selectors import config_current, next_scheduled_at
-from backups.offsite import services as offsite_services
 from backups.runs import selectors as run_selectors
 from backups.status import banner
 from backups.status.migrations import pending_migrations
@@ -35,23 +38,83 @@ def status() -> dict[str, Any]:
     total_bytes, free_bytes = disk_usage(Path(settings.BACKUP_ROOT))
     current = run_selectors.current_run()
     last_success = run_selectors.last_successful_run()
+    figures = backup_figures()
     return {
         "running": current is not None,
         "current_run": current,
         "last_backup": catalogue_selectors.newest_backup(),
         "last_successful_run": last_success,
         "next_scheduled_at": next_at,
-        "backups": catalogue_selectors.totals(),
+        "backups": figures["totals"],
         "disk": {"total_bytes": total_bytes, "free_bytes": free_bytes},
         "script": {"available": script_available()},
         "config": {"enabled": document["enabled"], "schedule": document["schedule"]},
-        "notices": banner.notices(document, last_success),
+        "notices": banner.notices(document, last_success, figures["newest_completed_at"]),
         "offsite": {
             "enabled": bool(document["offsite"]["enabled"]),
-            "backups": offsite_services.status_counts(),
-            "last_copy_at": offsite_services.last_copy_at(),
+            "backups": figures["offsite_counts"],
+            "last_copy_at": figures["last_copy_at"],
         },
     }
+
+
+def backup_figures() -> dict[str, Any]:
+    """In one query, what the status document says about the catalogue as a whole: the totals
+    (`catalogue.selectors.totals`), the off-site counts and last copy (`offsite.services.status_counts`,
+    `last_copy_at`) and when the newest completed local backup was made (the banner's staleness).
+
+    Written in SQL: the same aggregate through the ORM spent a millisecond of Python resolving its
+    eight filtered expressions on every request, for a statement that never changes."""
+    with connection.cursor() as cursor:
+        sql = _FIGURES_SQL.get(connection.vendor)
+        if sql is None:
+            sql = _FIGURES_SQL[connection.vendor] = _figures_sql(connection.ops.quote_name)
+        cursor.execute(sql, _FIGURES_PARAMS)
+        count, total, last_copy_at, newest_completed_at, *offsite_counts = cursor.fetchone()
+    return {
+        "totals": {"count": int(count), "total_size_bytes": int(total or 0)},
+        "offsite_counts": {
+            value: int(counted or 0)
+            for value, counted in zip(OffsiteStatus.values, offsite_counts, strict=True)
+        },
+        "last_copy_at": _moment(last_copy_at),
+        "newest_completed_at": _moment(newest_completed_at),
+    }
+
+
+_FIGURES_SQL: dict[str, str] = {}  # by database vendor (the quoting)
+_FIGURES_PARAMS = [OffsiteStatus.OK, BackupStatus.COMPLETED, True, *OffsiteStatus.values]
+
+
+def _figures_sql(quote: Any) -> str:
+    def column(name: str) -> str:
+        return quote(Backup._meta.get_field(name).column)
+
+    offsite_status, offsite_at, created_at = (
+        column("offsite_status"),
+        column("offsite_at"),
+        column("created_at"),
+    )
+    counts = ", ".join(
+        f"SUM(CASE WHEN {offsite_status} = %s THEN 1 ELSE 0 END)" for _ in OffsiteStatus.values
+    )
+    return (
+        f"SELECT COUNT(*), SUM({column('size_bytes')}), "
+        f"MAX(CASE WHEN {offsite_status} = %s AND {offsite_at} IS NOT NULL THEN {offsite_at} END), "
+        f"MAX(CASE WHEN {column('status')} = %s AND {column('local')} = %s THEN {created_at} END), "
+        f"{counts} FROM {quote(Backup._meta.db_table)}"
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    """A timestamp as the ORM returns it: aware (UTC) when USE_TZ; SQLite hands back its text."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = parse_datetime(str(value))
+    if settings.USE_TZ and value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
 
 
 def health() -> tuple[dict[str, Any], int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
@@ -54,8 +55,9 @@ class BackupViewSet(viewsets.GenericViewSet):
             status=choice_param(request, "status", BackupStatus.values),
             ordering=choice_param(request, "ordering", selectors.ORDERINGS) or "-created_at",
         )
-        page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(BackupListSerializer(page, many=True).data)
+        page = self.paginate_queryset(queryset.values(*BackupListSerializer.ROW_FIELDS))
+        zone = timezone.get_current_timezone()
+        return self.get_paginated_response([BackupListSerializer.row(values, zone) for values in page])
 
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(BackupSerializer(_fresh_backup(pk)).data)
