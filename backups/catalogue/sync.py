@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from backups.catalogue import latest, scan, sidecar
@@ -135,8 +135,10 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
                 found[name] = _unread(folders[name], str(error) or type(error).__name__)
 
     walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]] = []
+    with_metadata = _metadata_names(root) if found else set()
     for name, scanned_folder in found.items():
-        walked.append((name, scanned_folder, sidecar.read_metadata(root, name)))
+        has_metadata = with_metadata is None or f"{name}.json" in with_metadata
+        walked.append((name, scanned_folder, sidecar.read_metadata(root, name) if has_metadata else {}))
 
     # A folder another sync (a request's, the worker's) saw appear after this one listed the root is
     # not gone: only rows whose folder is absent now are forgotten.
@@ -148,36 +150,104 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
         removed = _forget_vanished(gone) if gone else 0
         # A folder whose content changed since it was verified is not verified any more.
         changed = [
-            row.id for row in scanned if row.id in known and known[row.id] not in (None, row.signature)
+            row["id"]
+            for row in scanned
+            if row["id"] in known and known[row["id"]] not in (None, row["signature"])
         ]
         if changed:
             # Its last verdict lapses and it is seen anew (the verification step owes it a check).
             Backup.objects.filter(id__in=changed).exclude(verification_status="never").update(
                 verified=False, verification_status="never", verification_due=""
             )
-        for batch_start in range(0, len(scanned), 500):
-            Backup.objects.bulk_create(
-                scanned[batch_start : batch_start + 500],
-                update_conflicts=True,
-                unique_fields=["id"],
-                update_fields=[
-                    "created_at",
-                    "status",
-                    "type",
-                    "description",
-                    "triggered_by",
-                    "size_bytes",
-                    "file_count",
-                    "files",
-                    "run",
-                    "signature",
-                    "problems",
-                    "synced_at",
-                    "local",
-                ],
-            )
+        _write_rows(scanned)
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": removed, "total": len(folders)}
+
+
+# The columns a walk decides: a row already there keeps the others (pinned, verification, off-site).
+_WALKED_COLUMNS = (
+    "created_at",
+    "status",
+    "type",
+    "description",
+    "triggered_by",
+    "size_bytes",
+    "file_count",
+    "files",
+    "run_id",
+    "signature",
+    "problems",
+    "synced_at",
+    "local",
+)
+# Fields whose Python value is what the database driver takes (no per-row preparation needed).
+_PLAIN_FIELDS = (models.CharField, models.IntegerField, models.BigIntegerField, models.BooleanField)
+_WRITE_BATCH = 2000
+_STATUSES = frozenset(BackupStatus.values)
+_TYPES = frozenset(BackupType.values)
+
+
+def _write_rows(rows: list[dict[str, Any]]) -> None:
+    """Insert the walked rows, or update the walked columns of those already there, with one
+    `INSERT … ON CONFLICT (id) DO UPDATE` per batch sent by `executemany` (SQLite and PostgreSQL alike).
+    What `bulk_create(update_conflicts=True)` would write, without building a model instance per row or
+    preparing every value of every column: the columns a walk does not decide get their defaults,
+    prepared once, and only the values that need it (dates, JSON, the run's id) are prepared per row."""
+    if not rows:
+        return
+    fields = [field for field in Backup._meta.concrete_fields]
+    given = {"synced_at": timezone.now(), "local": True}
+    constants = {
+        field.attname: field.get_db_prep_save(given.get(field.attname, field.get_default()), connection)
+        for field in fields
+        if field.attname not in rows[0]
+    }
+    prepared = [
+        (field.attname, None if type(field) in _PLAIN_FIELDS else field)
+        for field in fields
+        if field.attname not in constants
+    ]
+    quote = connection.ops.quote_name
+    table = quote(Backup._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    updates = ", ".join(
+        f"{quote(field.column)} = EXCLUDED.{quote(field.column)}"
+        for field in fields
+        if field.attname in _WALKED_COLUMNS
+    )
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({quote(Backup._meta.pk.column)}) DO UPDATE SET {updates}"
+    )
+    order = [field.attname for field in fields]
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _WRITE_BATCH):
+            params = []
+            for row in rows[start : start + _WRITE_BATCH]:
+                values = dict(constants)
+                for attname, field in prepared:
+                    value = row[attname]
+                    values[attname] = value if field is None else field.get_db_prep_save(value, connection)
+                params.append([values[attname] for attname in order])
+            cursor.executemany(sql, params)
+
+
+def _metadata_names(root: Path) -> set[str] | None:
+    """The names in the metadata folder, from one listing of it (a folder without a file there is not
+    looked up); None when it cannot be listed (every folder's file is then tried)."""
+    try:
+        fd = sidecar.service_dir_fd(root, create=False)
+    except CatalogueError:
+        return None
+    if fd is None:
+        return set()
+    try:
+        return set(os.listdir(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _on_disk(root: Path, name: str) -> bool:
@@ -201,7 +271,9 @@ def _forget_vanished(gone: set[str]) -> int:
     return count
 
 
-def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]) -> list[Backup]:
+def _catalogue_rows(
+    walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]],
+) -> list[dict[str, Any]]:
     """Backup rows for walked folders. A folder a run of this database made takes its facts from that
     run: the metadata file beside it may be missing (a full disk refuses it too), and a failed run's
     folder must never read completed. The metadata only speaks for folders no known run made."""
@@ -221,7 +293,6 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
         str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
     }
     rows = []
-    now = timezone.now()
     for name, found, meta in walked:
         run = runs_by_folder.get(name)
         facts = (
@@ -231,21 +302,20 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
         )
         meta_run = meta.get("run_id") if meta.get("run_id") in known_runs else None
         rows.append(
-            Backup(
-                id=name,
-                created_at=found.created_at,
-                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
-                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
-                description=str(facts.get("description", ""))[:500],
-                triggered_by=str(facts.get("triggered_by", ""))[:200],
-                size_bytes=found.size_bytes,
-                file_count=len(found.files),
-                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
-                run_id=str(run["id"]) if run else meta_run,
-                signature=found.signature,
-                problems=list(found.problems),
-                synced_at=now,
-            )
+            {
+                "id": name,
+                "created_at": found.created_at,
+                "status": _folder_status(name, meta, run["status"] if run else None, running_folder),
+                "type": facts.get("type") if facts.get("type") in _TYPES else BackupType.EXTERNAL,
+                "description": str(facts.get("description", ""))[:500],
+                "triggered_by": str(facts.get("triggered_by", ""))[:200],
+                "size_bytes": found.size_bytes,
+                "file_count": len(found.files),
+                "files": [{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
+                "run_id": str(run["id"]) if run else meta_run,
+                "signature": found.signature,
+                "problems": list(found.problems),
+            }
         )
     return rows
 
@@ -258,7 +328,7 @@ def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, runn
     status = meta.get("status")
     if status == BackupStatus.RUNNING:
         return BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
-    return status if status in BackupStatus.values else BackupStatus.COMPLETED  # made outside the service
+    return status if status in _STATUSES else BackupStatus.COMPLETED  # made outside the service
 
 
 def _unread(folder: scan.FolderStat, why: str) -> scan.ScannedBackup:
