@@ -48,6 +48,7 @@ def reset() -> None:
     global _seen_root_signature, _full_due
     _seen_root_signature = None
     _full_due = True
+    scan.forget_seen()
 
 
 def _root_signature(root: Path) -> str:
@@ -347,6 +348,8 @@ def _unread(folder: scan.FolderStat, why: str) -> scan.ScannedBackup:
 def _printable(path: str) -> str:
     """A file name that is not UTF-8 (kept by the walk as surrogate escapes) shown with \\x escapes: a
     JSON column, PostgreSQL's above all, cannot store lone surrogates."""
+    if path.isascii():
+        return path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
