@@ -465,8 +465,16 @@ def list_and_scan(
 def folder_created_at(name: str, folder_mtime: float) -> datetime:
     match = _NAME_TIME_PATTERN.match(name)
     if match:
+        digits = match.group(1)  # eight and six digits: the fields of "%Y%m%d_%H%M%S" by position
         try:
-            naive = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S")
+            naive = datetime(
+                int(digits[0:4]),
+                int(digits[4:6]),
+                int(digits[6:8]),
+                int(digits[9:11]),
+                int(digits[11:13]),
+                int(digits[13:15]),
+            )
             # A naive datetime's astimezone() interprets it in the machine's local zone, as `date` did.
             return naive.astimezone(UTC)
         except (ValueError, OverflowError, OSError):

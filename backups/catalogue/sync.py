@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connections, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from backups.catalogue import latest, scan, sidecar
@@ -109,11 +110,13 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
     force = {backup_id for backup_id in force_ids if backup_id}
     # A row still `running` is decided again whatever its signature: a crash between a run's end and
     # the sync that follows it must not leave its folder `running` (out of retention, never latest).
-    force.update(Backup.objects.filter(status=BackupStatus.RUNNING).values_list("id", flat=True))
+    redo = Q(status=BackupStatus.RUNNING)
     if full:
         # A folder that could not be read completely is read again each time: a permission fixed or a
         # transient error (too many open files) must not stay recorded until the folder changes.
-        force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
+        redo |= ~Q(problems=[])
+    force.update(Backup.objects.filter(redo).values_list("id", flat=True))
+    if full:
         known = dict(Backup.objects.values_list("id", "signature"))
         listed, found = scan.list_and_scan(
             root, lambda name, signature: name in force or known.get(name) != signature
@@ -196,10 +199,11 @@ def _write_rows(rows: list[dict[str, Any]]) -> None:
     prepared once, and only the values that need it (dates, JSON, the run's id) are prepared per row."""
     if not rows:
         return
+    db = connections[Backup.objects.db]  # the connection itself, not the per-thread proxy, per value
     fields = [field for field in Backup._meta.concrete_fields]
     given = {"synced_at": timezone.now(), "local": True}
     constants = {
-        field.attname: field.get_db_prep_save(given.get(field.attname, field.get_default()), connection)
+        field.attname: field.get_db_prep_save(given.get(field.attname, field.get_default()), db)
         for field in fields
         if field.attname not in rows[0]
     }
@@ -208,7 +212,7 @@ def _write_rows(rows: list[dict[str, Any]]) -> None:
         for field in fields
         if field.attname not in constants
     ]
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     table = quote(Backup._meta.db_table)
     columns = ", ".join(quote(field.column) for field in fields)
     placeholders = ", ".join(["%s"] * len(fields))
@@ -222,14 +226,14 @@ def _write_rows(rows: list[dict[str, Any]]) -> None:
         f"ON CONFLICT ({quote(Backup._meta.pk.column)}) DO UPDATE SET {updates}"
     )
     order = [field.attname for field in fields]
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         for start in range(0, len(rows), _WRITE_BATCH):
             params = []
             for row in rows[start : start + _WRITE_BATCH]:
                 values = dict(constants)
                 for attname, field in prepared:
                     value = row[attname]
-                    values[attname] = value if field is None else field.get_db_prep_save(value, connection)
+                    values[attname] = value if field is None else field.get_db_prep_save(value, db)
                 params.append([values[attname] for attname in order])
             cursor.executemany(sql, params)
 
