@@ -108,18 +108,23 @@ class _ListError(CatalogueError):
 
 def _list_fd(fd: int) -> list[tuple[str, os.stat_result]]:
     """(name, lstat) of every entry of one open directory. CatalogueError when it cannot be read."""
-    entries: list[tuple[str, os.stat_result]] = []
     try:
         # scandir(fd) stats entries relative to the fd (fstatat), never through a re-resolved path.
         with os.scandir(fd) as it:
-            for entry in it:
-                try:
-                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
-                except FileNotFoundError:
-                    continue  # vanished between readdir and stat
+            listed = list(it)
+        try:
+            return [(entry.name, entry.stat(follow_symlinks=False)) for entry in listed]
+        except FileNotFoundError:
+            pass  # one vanished between readdir and stat: the others, one by one (stats are cached)
+        entries: list[tuple[str, os.stat_result]] = []
+        for entry in listed:
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+        return entries
     except OSError as exc:
         raise _ListError((exc.strerror or "not readable").lower(), gone=is_gone(exc)) from None
-    return entries
 
 
 @dataclass
@@ -135,13 +140,15 @@ def walk(
     check_readable: bool = False,
     max_open: int | None = None,
     top: list[tuple[str, os.stat_result]] | None = None,
+    own: bool = False,
 ) -> Walk:
     """Every real directory and regular file below the open folder `folder_fd`, sorted by path.
 
     Iterative (a hostile, very deep tree must not hit the recursion limit). Symlinks, fifos, sockets and
     devices are skipped; subdirectories that vanish or get replaced are skipped. Unreadable directories
     (and, with `check_readable`, unreadable files) are listed in `problems`. `folder_fd` stays open.
-    `top` is the folder's own listing when the caller already read it (`_list_fd`): not read again."""
+    `top` is the folder's own listing when the caller already read it (`_list_fd`): not read again.
+    With `own`, the walk takes `folder_fd` over and closes it (whatever happens) instead of a copy."""
     result = Walk()
     nodes = result.nodes
     stack: list[_Frame] = []
@@ -172,7 +179,7 @@ def walk(
         subdirs.sort(reverse=True)
         stack.append(_Frame(fd, rel, subdirs))
 
-    enter(os.dup(folder_fd), "", top)
+    enter(folder_fd if own else os.dup(folder_fd), "", top)
     try:
         while stack:
             frame = stack[-1]
@@ -448,13 +455,15 @@ def list_and_scan(
                 if wanted is not None and wanted(name, signature):
                     # Signature first, then the walk: if the folder changes meanwhile, the stored
                     # signature is the older one and the next sync walks it again.
+                    walk_fd, fd = fd, -1  # the walk closes it
                     try:
-                        scanned[name] = _scanned(name, st, signature, walk(fd, top=entries))
+                        scanned[name] = _scanned(name, st, signature, walk(walk_fd, top=entries, own=True))
                     except OSError as error:  # e.g. out of descriptors: this folder only
                         why = (error.strerror or type(error).__name__).lower()
                         scanned[name] = _unreadable(name, lstat, f"the folder could not be read ({why})")
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         _seen = (root_key, seen)
     finally:
         os.close(root_fd)
@@ -533,13 +542,22 @@ def scan_backup(root: Path, backup_id: str) -> ScannedBackup:
 
 
 def _scanned(backup_id: str, top: os.stat_result, signature: str, walked: Walk) -> ScannedBackup:
-    files = file_entries(walked.nodes)
-    newest = max([top.st_mtime, *(n.st.st_mtime for n in walked.nodes)])
+    files: list[FileEntry] = []
+    size = 0
+    newest = top.st_mtime
+    for node in walked.nodes:  # file_entries(), their sum and the newest mtime in one pass
+        st = node.st
+        mtime = st.st_mtime
+        if mtime > newest:
+            newest = mtime
+        if not node.is_dir:
+            files.append(FileEntry(node.rel, st.st_size, mtime))
+            size += st.st_size
     return ScannedBackup(
         name=backup_id,
         created_at=folder_created_at(backup_id, top.st_mtime),
-        files=files,
-        size_bytes=sum(f.size_bytes for f in files),
+        files=tuple(files),
+        size_bytes=size,
         signature=signature,
         newest_mtime=newest,
         problems=walked.problem_list(),
