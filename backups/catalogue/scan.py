@@ -43,8 +43,7 @@ MAX_PROBLEMS = 20
 _MAX_PROBLEM_PATH = 300
 
 
-@dataclass(frozen=True)
-class FolderStat:
+class FolderStat(NamedTuple):  # a tuple: one per folder of every sync
     name: str
     mtime_ns: int
     signature: str
@@ -467,7 +466,7 @@ def list_and_scan(
         _seen = (root_key, seen)
     finally:
         os.close(root_fd)
-    result.sort(key=lambda f: f.name)
+    result.sort()  # by name: names are unique, so the other fields never decide
     return result, scanned
 
 

@@ -207,11 +207,6 @@ def _write_rows(rows: list[dict[str, Any]]) -> None:
         for field in fields
         if field.attname not in rows[0]
     }
-    prepared = [
-        (field.attname, None if type(field) in _PLAIN_FIELDS else field)
-        for field in fields
-        if field.attname not in constants
-    ]
     quote = db.ops.quote_name
     table = quote(Backup._meta.db_table)
     columns = ", ".join(quote(field.column) for field in fields)
@@ -225,17 +220,33 @@ def _write_rows(rows: list[dict[str, Any]]) -> None:
         f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
         f"ON CONFLICT ({quote(Backup._meta.pk.column)}) DO UPDATE SET {updates}"
     )
-    order = [field.attname for field in fields]
+    # Per column: its prepared constant, or the row's value with the field that prepares it (None when
+    # the driver takes it as it is). Most folders have no problems: their "[]" is prepared once.
+    plan = [
+        (field.attname in constants, constants.get(field.attname), field.attname, _preparer(field))
+        for field in fields
+    ]
+    no_problems = Backup._meta.get_field("problems").get_db_prep_save([], db)
     with db.cursor() as cursor:
         for start in range(0, len(rows), _WRITE_BATCH):
             params = []
             for row in rows[start : start + _WRITE_BATCH]:
-                values = dict(constants)
-                for attname, field in prepared:
-                    value = row[attname]
-                    values[attname] = value if field is None else field.get_db_prep_save(value, db)
-                params.append([values[attname] for attname in order])
+                values = []
+                for is_constant, constant, attname, field in plan:
+                    if is_constant:
+                        values.append(constant)
+                    elif field is None:
+                        values.append(row[attname])
+                    elif attname == "problems" and not row[attname]:
+                        values.append(no_problems)
+                    else:
+                        values.append(field.get_db_prep_save(row[attname], db))
+                params.append(values)
             cursor.executemany(sql, params)
+
+
+def _preparer(field: models.Field) -> models.Field | None:
+    return None if type(field) in _PLAIN_FIELDS else field
 
 
 def _metadata_names(root: Path) -> set[str] | None:
