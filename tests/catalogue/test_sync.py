@@ -110,9 +110,21 @@ def test_a_resync_with_nothing_changed_lists_no_folder_and_writes_nothing(backup
     sync.sync_all()
     before = _rows()
     listed = _count_listings(monkeypatch)
+    opened: list[object] = []
+    real_open = os.open
+
+    def counting_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None:
+            opened.append(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
     with CaptureQueriesContext(connection) as queries:
         sync.sync_all()
+    monkeypatch.setattr(os, "open", real_open)
     assert listed == []
+    # Only A, to stat its configs/ through its descriptor; B (no subfolder) is not opened at all.
+    assert opened == [A]
     statements = [query["sql"].split(None, 1)[0].upper() for query in queries.captured_queries]
     assert "INSERT" not in statements and "DELETE" not in statements
     # What it reads: the rows to redo, the signatures, the runs, `latest`'s row; the two UPDATEs keep
