@@ -11,12 +11,15 @@ import hashlib
 import os
 import re
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from backups.catalogue.paths import (
+    DIR_FLAGS,
     CatalogueError,
     Gone,
     is_gone,
@@ -24,6 +27,7 @@ from backups.catalogue.paths import (
     not_found,
     open_dir_at,
     open_root,
+    same_inode,
 )
 
 # The script names folders with `date +%Y%m%d_%H%M%S` in the machine's local time zone.
@@ -39,15 +43,13 @@ MAX_PROBLEMS = 20
 _MAX_PROBLEM_PATH = 300
 
 
-@dataclass(frozen=True)
-class FolderStat:
+class FolderStat(NamedTuple):  # a tuple: one per folder of every sync
     name: str
     mtime_ns: int
     signature: str
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):  # a tuple: a walk of 10,000 folders makes 50,000 of them
     path: str
     size_bytes: int
     mtime: float
@@ -65,8 +67,7 @@ class ScannedBackup:
     problems: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     rel: str  # posix path relative to the backup folder
     st: os.stat_result
     is_dir: bool
@@ -98,20 +99,31 @@ def printable(path: str, limit: int | None = None) -> str:
     return text
 
 
+class _ListError(CatalogueError):
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
+
+
 def _list_fd(fd: int) -> list[tuple[str, os.stat_result]]:
     """(name, lstat) of every entry of one open directory. CatalogueError when it cannot be read."""
-    entries: list[tuple[str, os.stat_result]] = []
     try:
         # scandir(fd) stats entries relative to the fd (fstatat), never through a re-resolved path.
         with os.scandir(fd) as it:
-            for entry in it:
-                try:
-                    entries.append((entry.name, entry.stat(follow_symlinks=False)))
-                except FileNotFoundError:
-                    continue  # vanished between readdir and stat
+            listed = list(it)
+        try:
+            return [(entry.name, entry.stat(follow_symlinks=False)) for entry in listed]
+        except FileNotFoundError:
+            pass  # one vanished between readdir and stat: the others, one by one (stats are cached)
+        entries: list[tuple[str, os.stat_result]] = []
+        for entry in listed:
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+        return entries
     except OSError as exc:
-        raise CatalogueError((exc.strerror or "not readable").lower()) from None
-    return entries
+        raise _ListError((exc.strerror or "not readable").lower(), gone=is_gone(exc)) from None
 
 
 @dataclass
@@ -121,37 +133,52 @@ class _Frame:
     subdirs: list[tuple[str, str, os.stat_result]]
 
 
-def walk(folder_fd: int, *, check_readable: bool = False, max_open: int | None = None) -> Walk:
+def walk(
+    folder_fd: int,
+    *,
+    check_readable: bool = False,
+    max_open: int | None = None,
+    top: list[tuple[str, os.stat_result]] | None = None,
+    own: bool = False,
+) -> Walk:
     """Every real directory and regular file below the open folder `folder_fd`, sorted by path.
 
     Iterative (a hostile, very deep tree must not hit the recursion limit). Symlinks, fifos, sockets and
     devices are skipped; subdirectories that vanish or get replaced are skipped. Unreadable directories
-    (and, with `check_readable`, unreadable files) are listed in `problems`. `folder_fd` stays open."""
+    (and, with `check_readable`, unreadable files) are listed in `problems`. `folder_fd` stays open.
+    `top` is the folder's own listing when the caller already read it (`_list_fd`): not read again.
+    With `own`, the walk takes `folder_fd` over and closes it (whatever happens) instead of a copy."""
     result = Walk()
+    nodes = result.nodes
     stack: list[_Frame] = []
     max_open = max_open or MAX_OPEN_DIRS
+    is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
 
-    def enter(fd: int, rel: str) -> None:
-        try:
-            entries = _list_fd(fd)
-        except CatalogueError as error:
-            result.problem(rel, f"not readable ({error})")
-            entries = []
+    def enter(fd: int, rel: str, entries: list[tuple[str, os.stat_result]] | None = None) -> None:
+        if entries is None:
+            try:
+                entries = _list_fd(fd)
+            except CatalogueError as error:
+                result.problem(rel, f"not readable ({error})")
+                entries = []
         subdirs: list[tuple[str, str, os.stat_result]] = []
+        prefix = f"{rel}/" if rel else ""
         for name, st in entries:
-            child = f"{rel}/{name}" if rel else name
-            if stat.S_ISDIR(st.st_mode):
-                result.nodes.append(Node(child, st, True))
+            mode = st.st_mode
+            if is_dir(mode):
+                child = prefix + name
+                nodes.append(Node(child, st, True))
                 subdirs.append((name, child, st))
-            elif stat.S_ISREG(st.st_mode):
-                result.nodes.append(Node(child, st, False))
+            elif is_reg(mode):
+                child = prefix + name
+                nodes.append(Node(child, st, False))
                 if check_readable and not _readable(fd, name):
                     result.problem(child, "not readable (permission denied)")
         # Popped in name order: the walk (and what a too-deep tree loses) is the same on every run.
         subdirs.sort(reverse=True)
         stack.append(_Frame(fd, rel, subdirs))
 
-    enter(os.dup(folder_fd), "")
+    enter(folder_fd if own else os.dup(folder_fd), "", top)
     try:
         while stack:
             frame = stack[-1]
@@ -179,8 +206,12 @@ def walk(folder_fd: int, *, check_readable: bool = False, max_open: int | None =
     finally:
         for frame in stack:
             os.close(frame.fd)
-    result.nodes.sort(key=lambda n: n.rel)
+    nodes.sort(key=_rel)
     return result
+
+
+def _rel(node: Node) -> str:
+    return node.rel
 
 
 def _readable(dir_fd: int, name: str) -> bool:
@@ -221,6 +252,34 @@ def signature_of(fd: int) -> tuple[os.stat_result, str]:
     return st, f"{st.st_mtime_ns}:{st.st_ino}:{digest}"
 
 
+def _signature_from(st: os.stat_result, entries: list[tuple[str, os.stat_result]]) -> str:
+    """`signature_of` from the folder's fstat and its listing (`_list_fd`) already in hand: the same
+    string, without reading the folder a second time."""
+    parts = [
+        b"%s\0%d:%d" % (os.fsencode(name), sub.st_mtime_ns, sub.st_ino)
+        for name, sub in entries
+        if stat.S_ISDIR(sub.st_mode)
+    ]
+    digest = hashlib.blake2b(b"\n".join(sorted(parts)), digest_size=16).hexdigest()
+    return f"{st.st_mtime_ns}:{st.st_ino}:{digest}"
+
+
+def _list_top(fd: int) -> tuple[os.stat_result, list[tuple[str, os.stat_result]]]:
+    """An open backup folder's fstat and listing, failing as `signature_of` does: Gone when it vanished
+    meanwhile, CatalogueError("backup not readable") when it cannot be read."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise CatalogueError("backup not readable") from None
+    try:
+        entries = _list_fd(fd)
+    except _ListError as error:
+        if error.gone:
+            raise Gone() from None
+        raise CatalogueError("backup not readable") from None
+    return st, entries
+
+
 def _unreadable_signature(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}:{st.st_ino}:unreadable"
 
@@ -258,12 +317,71 @@ def list_folders(root: Path) -> list[FolderStat]:
     return list_and_scan(root)[0]
 
 
+# A folder's entries are trusted to be the ones last listed only when its own timestamps were older
+# than this at that listing: an entry added in the same clock tick as the listing leaves them unchanged.
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last listing of a folder found: its own lstat and its first-level subfolders."""
+
+    ident: tuple[int, int, int, int]  # mtime_ns, ctime_ns, ino, dev
+    subdirs: tuple[tuple[str, int, int], ...]  # name, mtime_ns, ino
+    signature: str
+
+
+# The last full listing's folders, for the root it listed: (root dev, root ino), {name: _Seen}.
+_seen: tuple[tuple[int, int], dict[str, _Seen]] = ((-1, -1), {})
+
+
+def forget_seen() -> None:
+    """Make the next `list_and_scan` read every folder (tests, a process that wants a full re-read)."""
+    global _seen
+    _seen = ((-1, -1), {})
+
+
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _still(root_fd: int, name: str, lstat: os.stat_result, seen: _Seen) -> bool:
+    """True when the folder is as `seen` left it, known without listing it: its own lstat is unchanged
+    (so are its entries: adding, removing or renaming one moves its mtime and ctime, utime its ctime)
+    and so are its first-level subfolders, each one stat relative to the folder's descriptor."""
+    if _ident(lstat) != seen.ident:
+        return False
+    if not seen.subdirs:
+        return True
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+    except OSError:
+        return False
+    try:
+        if _ident(os.fstat(fd)) != seen.ident:
+            return False
+        for sub, mtime_ns, ino in seen.subdirs:
+            st = os.stat(sub, dir_fd=fd, follow_symlinks=False)
+            if st.st_mtime_ns != mtime_ns or st.st_ino != ino or not stat.S_ISDIR(st.st_mode):
+                return False
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def list_and_scan(
     root: Path, wanted: Callable[[str, str], bool] | None = None
 ) -> tuple[list[FolderStat], dict[str, ScannedBackup]]:
     """Every backup folder of the root with its change signature, and the walk of those `wanted(name,
     signature)` picks, made while the folder is open for its signature: the root is opened once and
-    each folder once, as `scan_backup` would open both for each folder."""
+    each folder once, and a folder's one listing gives both its signature and the walk's first level.
+
+    A folder this process listed before (in an earlier call) whose own stat and first-level subfolders'
+    stats are unchanged keeps the signature it had, without being listed again: no descriptor at all
+    for a folder without subfolders, one for the others."""
+    global _seen
     try:
         root_fd = open_root(Path(root))
     except (FileNotFoundError, NotADirectoryError):
@@ -273,6 +391,10 @@ def list_and_scan(
     result: list[FolderStat] = []
     scanned: dict[str, ScannedBackup] = {}
     try:
+        root_st = os.fstat(root_fd)
+        root_key = (root_st.st_dev, root_st.st_ino)
+        previous = _seen[1] if _seen[0] == root_key else {}
+        seen: dict[str, _Seen] = {}
         try:
             with os.scandir(root_fd) as it:
                 candidates = [
@@ -286,8 +408,18 @@ def list_and_scan(
         except OSError:
             raise CatalogueError("backup root not readable") from None
         for name, lstat in candidates:
+            before = previous.get(name)
+            if (
+                before is not None
+                and not (wanted is not None and wanted(name, before.signature))
+                and _still(root_fd, name, lstat, before)
+            ):
+                result.append(FolderStat(name=name, mtime_ns=lstat.st_mtime_ns, signature=before.signature))
+                seen[name] = before
+                continue
+            listed_at = time.time_ns()
             try:
-                fd = open_dir_at(root_fd, name, lstat)
+                fd = open_dir_at(root_fd, name)
             except Gone:
                 continue  # deleted or swapped while listing
             except CatalogueError as error:
@@ -299,7 +431,9 @@ def list_and_scan(
                 continue
             try:
                 try:
-                    st, signature = signature_of(fd)
+                    st, entries = _list_top(fd)
+                    if not same_inode(st, lstat):
+                        continue  # swapped for another folder while listing
                 except Gone:
                     continue
                 except CatalogueError as error:
@@ -308,28 +442,47 @@ def list_and_scan(
                     if wanted is not None and wanted(name, folder.signature):
                         scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
                     continue
+                signature = _signature_from(st, entries)
                 result.append(FolderStat(name=name, mtime_ns=st.st_mtime_ns, signature=signature))
+                if max(st.st_mtime_ns, st.st_ctime_ns) < listed_at - RACY_NS:
+                    subdirs = tuple(
+                        (sub, sub_st.st_mtime_ns, sub_st.st_ino)
+                        for sub, sub_st in entries
+                        if stat.S_ISDIR(sub_st.st_mode)
+                    )
+                    seen[name] = _Seen(_ident(st), subdirs, signature)
                 if wanted is not None and wanted(name, signature):
                     # Signature first, then the walk: if the folder changes meanwhile, the stored
                     # signature is the older one and the next sync walks it again.
+                    walk_fd, fd = fd, -1  # the walk closes it
                     try:
-                        scanned[name] = _scanned(name, st, signature, walk(fd))
+                        scanned[name] = _scanned(name, st, signature, walk(walk_fd, top=entries, own=True))
                     except OSError as error:  # e.g. out of descriptors: this folder only
                         why = (error.strerror or type(error).__name__).lower()
                         scanned[name] = _unreadable(name, lstat, f"the folder could not be read ({why})")
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
+        _seen = (root_key, seen)
     finally:
         os.close(root_fd)
-    result.sort(key=lambda f: f.name)
+    result.sort()  # by name: names are unique, so the other fields never decide
     return result, scanned
 
 
 def folder_created_at(name: str, folder_mtime: float) -> datetime:
     match = _NAME_TIME_PATTERN.match(name)
     if match:
+        digits = match.group(1)  # eight and six digits: the fields of "%Y%m%d_%H%M%S" by position
         try:
-            naive = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S")
+            naive = datetime(
+                int(digits[0:4]),
+                int(digits[4:6]),
+                int(digits[6:8]),
+                int(digits[9:11]),
+                int(digits[11:13]),
+                int(digits[13:15]),
+            )
             # A naive datetime's astimezone() interprets it in the machine's local zone, as `date` did.
             return naive.astimezone(UTC)
         except (ValueError, OverflowError, OSError):
@@ -375,25 +528,35 @@ def scan_backup(root: Path, backup_id: str) -> ScannedBackup:
         # Signature first: if the folder changes while we walk, the stored signature is the older one and
         # the next sync notices the difference and scans again.
         try:
-            top, signature = signature_of(fd)
+            top, entries = _list_top(fd)
         except Gone:
             raise not_found() from None
         except CatalogueError as error:
             return _unreadable(backup_id, lstat, f"the folder is not readable ({error})")
-        walked = walk(fd)
+        signature = _signature_from(top, entries)
+        walked = walk(fd, top=entries)
     finally:
         os.close(fd)
     return _scanned(backup_id, top, signature, walked)
 
 
 def _scanned(backup_id: str, top: os.stat_result, signature: str, walked: Walk) -> ScannedBackup:
-    files = file_entries(walked.nodes)
-    newest = max([top.st_mtime, *(n.st.st_mtime for n in walked.nodes)])
+    files: list[FileEntry] = []
+    size = 0
+    newest = top.st_mtime
+    for node in walked.nodes:  # file_entries(), their sum and the newest mtime in one pass
+        st = node.st
+        mtime = st.st_mtime
+        if mtime > newest:
+            newest = mtime
+        if not node.is_dir:
+            files.append(FileEntry(node.rel, st.st_size, mtime))
+            size += st.st_size
     return ScannedBackup(
         name=backup_id,
         created_at=folder_created_at(backup_id, top.st_mtime),
-        files=files,
-        size_bytes=sum(f.size_bytes for f in files),
+        files=tuple(files),
+        size_bytes=size,
         signature=signature,
         newest_mtime=newest,
         problems=walked.problem_list(),

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from backups.catalogue import latest, scan, sidecar
@@ -48,6 +49,7 @@ def reset() -> None:
     global _seen_root_signature, _full_due
     _seen_root_signature = None
     _full_due = True
+    scan.forget_seen()
 
 
 def _root_signature(root: Path) -> str:
@@ -108,11 +110,13 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
     force = {backup_id for backup_id in force_ids if backup_id}
     # A row still `running` is decided again whatever its signature: a crash between a run's end and
     # the sync that follows it must not leave its folder `running` (out of retention, never latest).
-    force.update(Backup.objects.filter(status=BackupStatus.RUNNING).values_list("id", flat=True))
+    redo = Q(status=BackupStatus.RUNNING)
     if full:
         # A folder that could not be read completely is read again each time: a permission fixed or a
         # transient error (too many open files) must not stay recorded until the folder changes.
-        force.update(Backup.objects.exclude(problems=[]).values_list("id", flat=True))
+        redo |= ~Q(problems=[])
+    force.update(Backup.objects.filter(redo).values_list("id", flat=True))
+    if full:
         known = dict(Backup.objects.values_list("id", "signature"))
         listed, found = scan.list_and_scan(
             root, lambda name, signature: name in force or known.get(name) != signature
@@ -135,8 +139,10 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
                 found[name] = _unread(folders[name], str(error) or type(error).__name__)
 
     walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]] = []
+    with_metadata = _metadata_names(root) if found else set()
     for name, scanned_folder in found.items():
-        walked.append((name, scanned_folder, sidecar.read_metadata(root, name)))
+        has_metadata = with_metadata is None or f"{name}.json" in with_metadata
+        walked.append((name, scanned_folder, sidecar.read_metadata(root, name) if has_metadata else {}))
 
     # A folder another sync (a request's, the worker's) saw appear after this one listed the root is
     # not gone: only rows whose folder is absent now are forgotten.
@@ -148,36 +154,116 @@ def sync(*, force_ids: Iterable[str] = (), full: bool = True) -> dict[str, int]:
         removed = _forget_vanished(gone) if gone else 0
         # A folder whose content changed since it was verified is not verified any more.
         changed = [
-            row.id for row in scanned if row.id in known and known[row.id] not in (None, row.signature)
+            row["id"]
+            for row in scanned
+            if row["id"] in known and known[row["id"]] not in (None, row["signature"])
         ]
         if changed:
             # Its last verdict lapses and it is seen anew (the verification step owes it a check).
             Backup.objects.filter(id__in=changed).exclude(verification_status="never").update(
                 verified=False, verification_status="never", verification_due=""
             )
-        for batch_start in range(0, len(scanned), 500):
-            Backup.objects.bulk_create(
-                scanned[batch_start : batch_start + 500],
-                update_conflicts=True,
-                unique_fields=["id"],
-                update_fields=[
-                    "created_at",
-                    "status",
-                    "type",
-                    "description",
-                    "triggered_by",
-                    "size_bytes",
-                    "file_count",
-                    "files",
-                    "run",
-                    "signature",
-                    "problems",
-                    "synced_at",
-                    "local",
-                ],
-            )
+        _write_rows(scanned)
         _sync_latest_flag(root)
     return {"scanned": len(scanned), "removed": removed, "total": len(folders)}
+
+
+# The columns a walk decides: a row already there keeps the others (pinned, verification, off-site).
+_WALKED_COLUMNS = (
+    "created_at",
+    "status",
+    "type",
+    "description",
+    "triggered_by",
+    "size_bytes",
+    "file_count",
+    "files",
+    "run_id",
+    "signature",
+    "problems",
+    "synced_at",
+    "local",
+)
+# Fields whose Python value is what the database driver takes (no per-row preparation needed).
+_PLAIN_FIELDS = (models.CharField, models.IntegerField, models.BigIntegerField, models.BooleanField)
+_WRITE_BATCH = 2000
+_STATUSES = frozenset(BackupStatus.values)
+_TYPES = frozenset(BackupType.values)
+
+
+def _write_rows(rows: list[dict[str, Any]]) -> None:
+    """Insert the walked rows, or update the walked columns of those already there, with one
+    `INSERT … ON CONFLICT (id) DO UPDATE` per batch sent by `executemany` (SQLite and PostgreSQL alike).
+    What `bulk_create(update_conflicts=True)` would write, without building a model instance per row or
+    preparing every value of every column: the columns a walk does not decide get their defaults,
+    prepared once, and only the values that need it (dates, JSON, the run's id) are prepared per row."""
+    if not rows:
+        return
+    db = connections[Backup.objects.db]  # the connection itself, not the per-thread proxy, per value
+    fields = [field for field in Backup._meta.concrete_fields]
+    given = {"synced_at": timezone.now(), "local": True}
+    constants = {
+        field.attname: field.get_db_prep_save(given.get(field.attname, field.get_default()), db)
+        for field in fields
+        if field.attname not in rows[0]
+    }
+    quote = db.ops.quote_name
+    table = quote(Backup._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    updates = ", ".join(
+        f"{quote(field.column)} = EXCLUDED.{quote(field.column)}"
+        for field in fields
+        if field.attname in _WALKED_COLUMNS
+    )
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({quote(Backup._meta.pk.column)}) DO UPDATE SET {updates}"
+    )
+    # Per column: its prepared constant, or the row's value with the field that prepares it (None when
+    # the driver takes it as it is). Most folders have no problems: their "[]" is prepared once.
+    plan = [
+        (field.attname in constants, constants.get(field.attname), field.attname, _preparer(field))
+        for field in fields
+    ]
+    no_problems = Backup._meta.get_field("problems").get_db_prep_save([], db)
+    with db.cursor() as cursor:
+        for start in range(0, len(rows), _WRITE_BATCH):
+            params = []
+            for row in rows[start : start + _WRITE_BATCH]:
+                values = []
+                for is_constant, constant, attname, field in plan:
+                    if is_constant:
+                        values.append(constant)
+                    elif field is None:
+                        values.append(row[attname])
+                    elif attname == "problems" and not row[attname]:
+                        values.append(no_problems)
+                    else:
+                        values.append(field.get_db_prep_save(row[attname], db))
+                params.append(values)
+            cursor.executemany(sql, params)
+
+
+def _preparer(field: models.Field) -> models.Field | None:
+    return None if type(field) in _PLAIN_FIELDS else field
+
+
+def _metadata_names(root: Path) -> set[str] | None:
+    """The names in the metadata folder, from one listing of it (a folder without a file there is not
+    looked up); None when it cannot be listed (every folder's file is then tried)."""
+    try:
+        fd = sidecar.service_dir_fd(root, create=False)
+    except CatalogueError:
+        return None
+    if fd is None:
+        return set()
+    try:
+        return set(os.listdir(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _on_disk(root: Path, name: str) -> bool:
@@ -201,7 +287,9 @@ def _forget_vanished(gone: set[str]) -> int:
     return count
 
 
-def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]) -> list[Backup]:
+def _catalogue_rows(
+    walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]],
+) -> list[dict[str, Any]]:
     """Backup rows for walked folders. A folder a run of this database made takes its facts from that
     run: the metadata file beside it may be missing (a full disk refuses it too), and a failed run's
     folder must never read completed. The metadata only speaks for folders no known run made."""
@@ -221,7 +309,6 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
         str(run_id) for run_id in Run.objects.filter(id__in=_valid_uuids(named)).values_list("id", flat=True)
     }
     rows = []
-    now = timezone.now()
     for name, found, meta in walked:
         run = runs_by_folder.get(name)
         facts = (
@@ -231,21 +318,20 @@ def _catalogue_rows(walked: list[tuple[str, scan.ScannedBackup, dict[str, Any]]]
         )
         meta_run = meta.get("run_id") if meta.get("run_id") in known_runs else None
         rows.append(
-            Backup(
-                id=name,
-                created_at=found.created_at,
-                status=_folder_status(name, meta, run["status"] if run else None, running_folder),
-                type=facts.get("type") if facts.get("type") in BackupType.values else BackupType.EXTERNAL,
-                description=str(facts.get("description", ""))[:500],
-                triggered_by=str(facts.get("triggered_by", ""))[:200],
-                size_bytes=found.size_bytes,
-                file_count=len(found.files),
-                files=[{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
-                run_id=str(run["id"]) if run else meta_run,
-                signature=found.signature,
-                problems=list(found.problems),
-                synced_at=now,
-            )
+            {
+                "id": name,
+                "created_at": found.created_at,
+                "status": _folder_status(name, meta, run["status"] if run else None, running_folder),
+                "type": facts.get("type") if facts.get("type") in _TYPES else BackupType.EXTERNAL,
+                "description": str(facts.get("description", ""))[:500],
+                "triggered_by": str(facts.get("triggered_by", ""))[:200],
+                "size_bytes": found.size_bytes,
+                "file_count": len(found.files),
+                "files": [{"path": _printable(f.path), "size_bytes": f.size_bytes} for f in found.files],
+                "run_id": str(run["id"]) if run else meta_run,
+                "signature": found.signature,
+                "problems": list(found.problems),
+            }
         )
     return rows
 
@@ -258,7 +344,7 @@ def _folder_status(name: str, meta: dict[str, Any], run_status: str | None, runn
     status = meta.get("status")
     if status == BackupStatus.RUNNING:
         return BackupStatus.INCOMPLETE  # its run is over and never said it succeeded
-    return status if status in BackupStatus.values else BackupStatus.COMPLETED  # made outside the service
+    return status if status in _STATUSES else BackupStatus.COMPLETED  # made outside the service
 
 
 def _unread(folder: scan.FolderStat, why: str) -> scan.ScannedBackup:
@@ -277,6 +363,8 @@ def _unread(folder: scan.FolderStat, why: str) -> scan.ScannedBackup:
 def _printable(path: str) -> str:
     """A file name that is not UTF-8 (kept by the walk as surrogate escapes) shown with \\x escapes: a
     JSON column, PostgreSQL's above all, cannot store lone surrogates."""
+    if path.isascii():
+        return path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

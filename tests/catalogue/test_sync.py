@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from backups.catalogue import sync
+from backups.catalogue import scan, sync
 from backups.models import Backup, BackupStatus, Run, RunStatus
 from tests.conftest import make_backup
 
@@ -81,3 +83,83 @@ def test_the_first_request_of_a_process_waits_for_a_full_sync_and_then_does_not_
     sync.reset()  # as at start: the next request runs a full sync
     sync.ensure_fresh()
     assert list(Backup.objects.values_list("id", flat=True)) == [A]
+
+
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors of the directories the walk lists from now on (the real listing, counted)."""
+    listed: list[int] = []
+    real_list_fd = scan._list_fd
+
+    def counting(fd: int) -> list[tuple[str, os.stat_result]]:
+        listed.append(fd)
+        return real_list_fd(fd)
+
+    monkeypatch.setattr(scan, "_list_fd", counting)
+    return listed
+
+
+def _rows() -> list[dict[str, object]]:
+    return list(Backup.objects.order_by("id").values())
+
+
+def test_a_resync_with_nothing_changed_lists_no_folder_and_writes_nothing(backup_root, monkeypatch):
+    monkeypatch.setattr(scan, "RACY_NS", 0)  # folders made just now are trusted like older ones
+    make_backup(backup_root, A, {"db.sql": "a", "configs/app.env": "X=1\n"})
+    make_backup(backup_root, B, {"db.sql": "b"})
+    (backup_root / "latest").symlink_to(B)
+    sync.sync_all()
+    before = _rows()
+    listed = _count_listings(monkeypatch)
+    opened: list[object] = []
+    real_open = os.open
+
+    def counting_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None:
+            opened.append(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    with CaptureQueriesContext(connection) as queries:
+        sync.sync_all()
+    monkeypatch.setattr(os, "open", real_open)
+    assert listed == []
+    # Only A, to stat its configs/ through its descriptor; B (no subfolder) is not opened at all.
+    assert opened == [A]
+    statements = [query["sql"].split(None, 1)[0].upper() for query in queries.captured_queries]
+    assert "INSERT" not in statements and "DELETE" not in statements
+    # What it reads: the rows to redo, the signatures, the runs, `latest`'s row; the two UPDATEs keep
+    # `is_latest` on `latest`'s target only, matching no row when it is already so.
+    assert statements.count("SELECT") <= 4 and statements.count("UPDATE") <= 2
+    assert _rows() == before  # synced_at included: no row was written
+
+
+def test_a_resync_that_lists_no_folder_still_sees_changes_one_level_down(backup_root, monkeypatch):
+    monkeypatch.setattr(scan, "RACY_NS", 0)
+    make_backup(backup_root, A, {"db.sql": "a", "configs/app.env": "X=1\n"})
+    make_backup(backup_root, B, {"db.sql": "b"})
+    make_backup(backup_root, C, {"db.sql": "c"})
+    sync.sync_all()
+    (backup_root / A / "configs" / "nginx.conf").write_text("server {}\n")  # moves configs/'s mtime only
+    folder = os.stat(backup_root / B)
+    (backup_root / B / "extra").mkdir()
+    (backup_root / B / "extra" / "x").write_text("xy")
+    # B's mtime put back as it was: its ctime still moved, so its entries are not trusted.
+    os.utime(backup_root / B, ns=(folder.st_atime_ns, folder.st_mtime_ns))
+    listed = _count_listings(monkeypatch)
+    sync.sync_all()
+    assert Backup.objects.get(id=A).file_count == 3
+    assert Backup.objects.get(id=B).file_count == 2
+    assert Backup.objects.get(id=C).file_count == 1
+    # A, A/configs and B, B/extra walked again; C was not listed.
+    assert len(listed) == 4
+
+
+def test_a_folder_whose_timestamps_are_as_recent_as_its_listing_is_listed_again(backup_root, monkeypatch):
+    # An entry added in the same clock tick as a listing leaves the folder's timestamps as they were:
+    # a folder changed within RACY_NS of being listed is listed again by the next sync.
+    monkeypatch.setattr(scan, "RACY_NS", 10**18)
+    make_backup(backup_root, A, {"db.sql": "a"})
+    sync.sync_all()
+    listed = _count_listings(monkeypatch)
+    sync.sync_all()
+    assert len(listed) == 1
