@@ -221,40 +221,12 @@ def _readable(dir_fd: int, name: str) -> bool:
         return True  # cannot tell in advance: the read itself will say
 
 
-def signature_of(fd: int) -> tuple[os.stat_result, str]:
-    """An open folder's own stat and its cheap change signature (one scandir, no recursion).
+def _signature_from(st: os.stat_result, entries: list[tuple[str, os.stat_result]]) -> str:
+    """A folder's cheap change signature from its fstat and its listing (`_list_fd`), one level deep.
 
     Adding/removing a top-level entry changes the folder's mtime; adding/removing a file in a direct
     subdirectory (configs/, system-info/) changes that subdirectory's mtime, which is hashed in. The hash
-    keeps the signature short (<= 80 chars) whatever the number or length of subdirectory names.
-    """
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        raise CatalogueError("backup not readable") from None
-    parts: list[bytes] = []
-    try:
-        with os.scandir(fd) as it:
-            for entry in it:
-                try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                    sub = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                name = os.fsencode(entry.name)
-                parts.append(b"%s\0%d:%d" % (name, sub.st_mtime_ns, sub.st_ino))
-    except OSError as exc:
-        if is_gone(exc):
-            raise Gone() from None
-        raise CatalogueError("backup not readable") from None
-    digest = hashlib.blake2b(b"\n".join(sorted(parts)), digest_size=16).hexdigest()
-    return st, f"{st.st_mtime_ns}:{st.st_ino}:{digest}"
-
-
-def _signature_from(st: os.stat_result, entries: list[tuple[str, os.stat_result]]) -> str:
-    """`signature_of` from the folder's fstat and its listing (`_list_fd`) already in hand: the same
-    string, without reading the folder a second time."""
+    keeps the signature short (<= 80 chars) whatever the number or length of subdirectory names."""
     parts = [
         b"%s\0%d:%d" % (os.fsencode(name), sub.st_mtime_ns, sub.st_ino)
         for name, sub in entries
@@ -265,8 +237,8 @@ def _signature_from(st: os.stat_result, entries: list[tuple[str, os.stat_result]
 
 
 def _list_top(fd: int) -> tuple[os.stat_result, list[tuple[str, os.stat_result]]]:
-    """An open backup folder's fstat and listing, failing as `signature_of` does: Gone when it vanished
-    meanwhile, CatalogueError("backup not readable") when it cannot be read."""
+    """An open backup folder's fstat and listing: Gone when it vanished meanwhile,
+    CatalogueError("backup not readable") when it cannot be read."""
     try:
         st = os.fstat(fd)
     except OSError:
