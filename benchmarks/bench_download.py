@@ -2,8 +2,8 @@
 `manage.py serve` (uvicorn), beside a reference (nginx with sendfile if /usr/sbin/nginx exists, else `cat` to
 /dev/null) and a minimal sendfile(2) server, all measured in the same run from page cache; plus a client
 paced to 20 MB/s that reads ~400 MB and hangs up. RSS of the serve process is sampled every 50 ms, and
-the CPU time (user + system) the serve process and nginx spend per GiB sent is read from /proc: on a
-machine shared with other work, throughput ratios move with the load, CPU per GiB much less.
+the CPU time (user + system) the serve process and nginx spend per GiB sent is read from /proc, which
+shows what the service costs beside nginx when both are slowed alike by other work on the machine.
 
 Run: .venv/bin/python benchmarks/bench_download.py
 The 2 GiB of data are written once to /tmp/bench-download-cache and reused (hard-linked into the
