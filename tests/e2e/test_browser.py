@@ -111,13 +111,8 @@ def progress_of(driver: webdriver.Chrome) -> int:
     return int(driver.find_element(By.ID, "progress-bar").get_attribute("aria-valuenow"))
 
 
-def test_back_up_from_the_dashboard_then_delete_from_the_admin(
-    start_server, browser: webdriver.Chrome, tmp_path: Path
-) -> None:
-    backup_sources(tmp_path)
-    known = older_backups(tmp_path / "backups")
-    # 0.6 s between the script's 7 steps: a few seconds of visible progress.
-    server = start_server(BACKUP_STEP_DELAY="0.6")
+def make_superuser(server) -> None:
+    """The admin account the browser logs in with (USERNAME / PASSWORD), made by Django's own command."""
     created = manage(
         {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
         "createsuperuser",
@@ -128,12 +123,26 @@ def test_back_up_from_the_dashboard_then_delete_from_the_admin(
         "root@example.org",
     )
     assert created.returncode == 0, created.stderr[-2000:]
+
+
+def log_in(driver: webdriver.Chrome, base: str, then: str = "/dashboard/") -> None:
+    driver.get(f"{base}/admin/login/?next={then}")
+    driver.find_element(By.NAME, "username").send_keys(USERNAME)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+
+def test_back_up_from_the_dashboard_then_delete_from_the_admin(
+    start_server, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    backup_sources(tmp_path)
+    known = older_backups(tmp_path / "backups")
+    # 0.6 s between the script's 7 steps: a few seconds of visible progress.
+    server = start_server(BACKUP_STEP_DELAY="0.6")
+    make_superuser(server)
     wait = WebDriverWait(browser, 20)
 
-    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
-    browser.find_element(By.NAME, "username").send_keys(USERNAME)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    log_in(browser, server.base)
     wait.until(EC.text_to_be_present_in_element((By.ID, "ws-state"), "Live"))
     header = browser.execute_script(
         "return getComputedStyle(document.getElementById('header')).backgroundColor"
@@ -195,21 +204,9 @@ def test_the_dashboard_and_the_admin_preview_a_retention_policy_before_it_is_sav
         names.append(time.strftime("backup-%Y%m%d_030000", time.localtime(moment)))
         make_backup(root, names[-1], mtime=moment)
     server = start_server()
-    created = manage(
-        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        USERNAME,
-        "--email",
-        "root@example.org",
-    )
-    assert created.returncode == 0, created.stderr[-2000:]
+    make_superuser(server)
     wait = WebDriverWait(browser, 20)
-    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
-    browser.find_element(By.NAME, "username").send_keys(USERNAME)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    log_in(browser, server.base)
     wait.until(
         EC.text_to_be_present_in_element((By.ID, "retention-preview"), "The saved policy deletes no backup")
     )
@@ -290,21 +287,9 @@ def test_restore_a_files_archive_from_the_dashboard_and_see_its_folder_on_disk(
     staging = tmp_path / "restore"
     staging.mkdir()
     server = start_server(RESTORE_DIRECTORIES=f"staging={staging}")
-    created = manage(
-        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        USERNAME,
-        "--email",
-        "root@example.org",
-    )
-    assert created.returncode == 0, created.stderr[-2000:]
+    make_superuser(server)
     wait = WebDriverWait(browser, 30)
-    browser.get(f"{server.base}/admin/login/?next=/dashboard/")
-    browser.find_element(By.NAME, "username").send_keys(USERNAME)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    log_in(browser, server.base)
     click(wait, f"tr[data-backup-id='{name}'] .rd-open")
     wait.until(
         EC.presence_of_element_located(

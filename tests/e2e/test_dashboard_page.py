@@ -15,8 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import manage
-from tests.e2e.test_browser import PASSWORD, USERNAME, browser  # noqa: F401  (the fixture)
+from tests.e2e.test_browser import USERNAME, browser, log_in, make_superuser  # noqa: F401  (the fixture)
 from tests.e2e.test_e2e import call, token_for, wait_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -37,11 +36,8 @@ esac
 """
 
 
-def log_in(driver: webdriver.Chrome, base: str, wait: WebDriverWait) -> None:
-    driver.get(f"{base}/admin/login/?next=/dashboard/")
-    driver.find_element(By.NAME, "username").send_keys(USERNAME)
-    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
-    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+def log_in_live(driver: webdriver.Chrome, base: str, wait: WebDriverWait) -> None:
+    log_in(driver, base)
     wait.until(EC.text_to_be_present_in_element((By.ID, "ws-state"), "Live"))
 
 
@@ -64,16 +60,7 @@ def test_the_dashboard_tells_what_the_backups_and_the_last_run_are(
     script.write_text(SCRIPT)
     script.chmod(0o755)
     server = start_server(BACKUP_SCRIPT=str(script), TZ="Europe/Berlin")
-    created = manage(
-        {**server.env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        USERNAME,
-        "--email",
-        "root@example.org",
-    )
-    assert created.returncode == 0, created.stderr[-2000:]
+    make_superuser(server)
     token = token_for(server)
 
     # One good backup, described, pinned and verified.
@@ -87,7 +74,7 @@ def test_the_dashboard_tells_what_the_backups_and_the_last_run_are(
     wait_run(server, token, json.loads(body)["run"]["id"], lambda r: r["status"] == "succeeded")
 
     wait = WebDriverWait(browser, 20)
-    log_in(browser, server.base, wait)
+    log_in_live(browser, server.base, wait)
     assert browser.find_element(By.ID, "backups-summary").text.startswith("1 backup ·")
     row = row_of(browser, good)
     assert row.find_element(By.CSS_SELECTOR, ".bd-desc").text == "before the release"
