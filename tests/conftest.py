@@ -107,13 +107,25 @@ def _fresh_rate_limit_window():
     cache.clear()
 
 
+IN_MEMORY_LAYER = {
+    "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+}
+
+
 @pytest.fixture(autouse=True)
-def _fresh_channel_layer():
-    """Each test gets a channel layer object of its own. Channels keeps one per process, and the Redis
-    layer binds its receive lock and pools to the first event loop that uses it; every test runs its own
-    loop (production has one per process)."""
+def _fresh_channel_layer(request, settings):
+    """Each in-process test gets a channel layer object of its own, in memory even when REDIS_URL is set.
+
+    Every test runs on an event loop of its own, while Channels keeps one layer object per process, and
+    channels_redis binds its receive lock and connection pools to the loop that first reads: a consumer's
+    blocking read left from one test's loop hangs the close of that loop (seen as 240 s teardown timeouts
+    on the PostgreSQL + Redis pass). Production has one loop per process. The Redis paths are tested
+    where they matter: tests marked `redis` bring a Redis layer of their own, and the `slow` tests run
+    real `serve` processes fanning out through Redis."""
     from channels.layers import channel_layers
 
+    if request.node.get_closest_marker("redis") is None and request.node.get_closest_marker("slow") is None:
+        settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
