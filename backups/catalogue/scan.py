@@ -379,6 +379,14 @@ def list_and_scan(
             candidates = []
         except OSError:
             raise CatalogueError("backup root not readable") from None
+
+        def list_unreadable(name: str, lstat: os.stat_result, error: CatalogueError) -> None:
+            """Still listed (it exists and uses space), with what was wrong."""
+            folder = FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat))
+            result.append(folder)
+            if wanted is not None and wanted(name, folder.signature):
+                scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
+
         for name, lstat in candidates:
             before = previous.get(name)
             if (
@@ -395,11 +403,7 @@ def list_and_scan(
             except Gone:
                 continue  # deleted or swapped while listing
             except CatalogueError as error:
-                # Unreadable folder: still list it (it exists and uses space), with what was wrong.
-                folder = FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat))
-                result.append(folder)
-                if wanted is not None and wanted(name, folder.signature):
-                    scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
+                list_unreadable(name, lstat, error)
                 continue
             try:
                 try:
@@ -409,10 +413,7 @@ def list_and_scan(
                 except Gone:
                     continue
                 except CatalogueError as error:
-                    folder = FolderStat(name, lstat.st_mtime_ns, _unreadable_signature(lstat))
-                    result.append(folder)
-                    if wanted is not None and wanted(name, folder.signature):
-                        scanned[name] = _unreadable(name, lstat, f"the folder is not readable ({error})")
+                    list_unreadable(name, lstat, error)
                     continue
                 signature = _signature_from(st, entries)
                 result.append(FolderStat(name=name, mtime_ns=st.st_mtime_ns, signature=signature))

@@ -26,6 +26,15 @@ def worker(backup_root, settings):
     w.release_lease()
 
 
+def running_automatic_verify(backup_id: str) -> Run:
+    """The worker's own deep verification of the backup, as if it were running now."""
+    job = job_enqueue(
+        kind="verify", actor=Actor("worker"), params={"level": "deep"}, backup_id=backup_id, automatic=True
+    )
+    Run.objects.filter(id=job.id).update(status=RunStatus.RUNNING)
+    return job
+
+
 def test_an_asked_verification_runs_as_a_verify_job_and_fills_the_backup_document(api, backup_root, worker):
     make_backup(backup_root, "backup-20260101_030000", GOOD)
     response = api.post("/api/backup/backup-20260101_030000/verify", {"level": "quick"}, format="json")
@@ -67,14 +76,7 @@ def test_verify_of_an_unknown_backup_is_a_404(api, backup_root):
 def test_a_backup_request_cancels_an_automatic_job_and_is_accepted(api, backup_root):
     make_backup(backup_root, "backup-20260101_030000", GOOD)
     sync.sync()
-    job = job_enqueue(
-        kind="verify",
-        actor=Actor("worker"),
-        params={"level": "deep"},
-        backup_id="backup-20260101_030000",
-        automatic=True,
-    )
-    Run.objects.filter(id=job.id).update(status=RunStatus.RUNNING)
+    job = running_automatic_verify("backup-20260101_030000")
     response = api.post("/api/backup/create", {}, format="json")
     assert response.status_code == 202
     job.refresh_from_db()
@@ -116,14 +118,7 @@ def test_a_verify_job_says_its_progress_and_end_as_job_events_never_as_backup_ev
     assert not [name for name, _ in event_log.seen if name.startswith("backup-")]
 
     # A job that ends otherwise (here: an automatic one making way for a backup request) is a job-error.
-    job = job_enqueue(
-        kind="verify",
-        actor=Actor("worker"),
-        params={"level": "deep"},
-        backup_id="backup-20260101_030000",
-        automatic=True,
-    )
-    Run.objects.filter(id=job.id).update(status=RunStatus.RUNNING)
+    job = running_automatic_verify("backup-20260101_030000")
     assert api.post("/api/backup/create", {}, format="json").status_code == 202
     error = event_log.wait_for("job-error", lambda data: data["run_id"] == str(job.id))
     assert error == {"run_id": str(job.id), "error": PREEMPTED, "exit_code": None, "kind": "verify"}
